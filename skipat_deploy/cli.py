@@ -1,0 +1,224 @@
+"""Command line: parses options, calls the Python API, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Export, quantize, compile and profile ViT / SkipAt models for Snapdragon NPUs.",
+)
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Artifact folder.")]
+
+
+class Run:
+    """One command's output: notices and progress go to stderr, results to stdout (a table,
+    or with --json one document listing every artifact and every measured figure)."""
+
+    def __init__(self, command: str, as_json: bool, debug: bool):
+        self.command, self.as_json, self.debug = command, as_json, debug
+        self.artifacts: list[dict] = []
+        self.measurements: list[dict] = []
+        self.notices: list[str] = []
+        self.results: list[dict] = []
+
+    def notice(self, text: str) -> None:
+        self.notices.append(text)
+        err.print(f"[yellow]note:[/] {text}", highlight=False)
+
+    def measure(self, name: str, value: float, unit: str, source: str, subject: str) -> None:
+        self.measurements.append(
+            dict(name=name, value=value, unit=unit, source=source, subject=subject)
+        )
+
+    @contextmanager
+    def progress(self, total: int):
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,  # logs and pipes get results, not spinner frames
+        ) as bar:
+            task = bar.add_task("starting", total=total)
+
+            def step(desc: str) -> None:
+                bar.update(task, description=desc, advance=1)
+
+            yield step
+
+    def emit(self) -> None:
+        if self.as_json:
+            doc = dict(
+                command=self.command,
+                ok=True,
+                artifacts=self.artifacts,
+                measurements=self.measurements,
+                results=self.results,
+                notices=self.notices,
+            )
+            sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+    def fail(self, message: str, code: int) -> None:
+        err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+        if self.as_json:
+            sys.stdout.write(json.dumps(dict(command=self.command, ok=False, error=message)) + "\n")
+        raise typer.Exit(code)
+
+
+def guarded(run: Run, body: Callable[[], None]) -> None:
+    """User errors: one line, exit 2. Bugs: one line (traceback with --debug), exit 1."""
+    try:
+        body()
+    except UserError as e:
+        if run.debug:
+            traceback.print_exc()
+        run.fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        run.fail("interrupted", 130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence
+        if run.debug:
+            traceback.print_exc()
+        hint = "" if run.debug else " (rerun with --debug for the traceback)"
+        run.fail(f"{type(e).__name__}: {e}".splitlines()[0] + hint, 1)
+    run.emit()
+
+
+def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    try:
+        return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+@app.command()
+def export(
+    ckpt: Annotated[Optional[Path], typer.Option(help="Checkpoint (.pth .pt .t7 .pth.tar .bin .safetensors).")] = None,
+    resolution: Annotated[list[int], typer.Option(help="Input size in px (repeatable).")] = [224, 384],
+    out: OutOpt = Path("export"),
+    arch: Annotated[Optional[str], typer.Option(help="Registered architecture to use instead of the inferred one (`skipat-deploy models`).")] = None,
+    skip_indices: Annotated[Optional[str], typer.Option(help="SkipAt blocks replaced by Φ, 0-based, e.g. 3,4,5,6,7,8.")] = None,
+    head_dim: Annotated[int, typer.Option(help="Attention head dim (heads are not stored in weights).")] = 64,
+    batch: Annotated[int, typer.Option(help="Static batch size of the exported graph.")] = 1,
+    allow_code_execution: Annotated[bool, typer.Option("--allow-code-execution", help="Unpickle with arbitrary code execution (only for checkpoints you trust).")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Export a checkpoint to validated static-grid ONNX, one file per resolution."""
+    from . import api
+
+    run = Run("export", as_json, debug)
+
+    def body():
+        if ckpt is None:
+            name = arch or api.DEFAULT_ARCH
+            run.notice(
+                f"no --ckpt given: exporting a freshly initialised {name} (random weights, "
+                "not trained; fine for latency, meaningless for predictions)"
+            )
+        with run.progress(total=5 * len(resolution)) as step:
+            results = api.export(
+                ckpt,
+                out,
+                resolutions=tuple(resolution),
+                arch=arch,
+                skip_indices=_ints(skip_indices, "--skip-indices"),
+                head_dim=head_dim,
+                batch_size=batch,
+                allow_code_execution=allow_code_execution,
+                step=step,
+            )
+        table = Table("file", "model", "grid", "max |onnx-torch|", "export s", title="exported")
+        for r in results:
+            run.artifacts.append(
+                dict(kind="onnx", path=str(r.path), sha256=r.sha256, size_bytes=r.size_bytes,
+                     resolution=r.resolution, model=r.model_name)
+            )
+            run.measure("export_seconds", r.seconds, "s", "cpu", str(r.path))
+            run.measure("max_abs_diff_vs_torch", r.max_abs_diff, "abs", "cpu", str(r.path))
+            run.results.append(r.to_json())
+            table.add_row(r.path.name, r.model_name, f"{r.grid}x{r.grid}",
+                          f"{r.max_abs_diff:.2e}", f"{r.seconds:.1f}")
+        if not as_json:
+            Console().print(table)
+
+    guarded(run, body)
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    model: Annotated[Path, typer.Option(help="ONNX exported by `skipat-deploy export`.")],
+    top_k: Annotated[int, typer.Option(help="How many classes to print.")] = 5,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Classify images with an exported model on the CPU (ONNX Runtime)."""
+    from . import api
+
+    run = Run("predict", as_json, debug)
+
+    def body():
+        preds = api.predict(model, list(images), top_k=top_k)
+        out = Console()
+        for p in preds:
+            run.results.append(p.to_json())
+            if as_json:
+                continue
+            if p.top:
+                tops = ", ".join(f"{c.label} ({c.probability:.1%})" for c in p.top)
+                out.print(f"{p.image}: {tops}", highlight=False)
+            else:
+                out.print(f"{p.image}: {p.feature_dim}-d features, L2 norm {p.feature_norm:.3f}")
+
+    guarded(run, body)
+
+
+@app.command()
+def models(as_json: JsonOpt = False, debug: DebugOpt = False):
+    """List the registered architectures."""
+    from .models.registry import list_specs
+
+    run = Run("models", as_json, debug)
+
+    def body():
+        table = Table("name", "family", "dim", "depth", "heads", "patch", "classes", "Φ skips")
+        for s in list_specs():
+            a = s.arch
+            run.results.append(dict(name=s.name, family=a.family, embed_dim=a.embed_dim,
+                                    depth=a.depth, num_heads=a.num_heads, patch_size=a.patch_size,
+                                    num_classes=a.num_classes, skip_indices=list(a.skip_indices)))
+            table.add_row(s.name, a.family, str(a.embed_dim), str(a.depth), str(a.num_heads),
+                          str(a.patch_size), str(a.num_classes),
+                          ",".join(map(str, a.skip_indices)) or "-")
+        if not as_json:
+            Console().print(table)
+
+    guarded(run, body)
+
+
+def main() -> None:
+    app()
