@@ -105,6 +105,14 @@ def guarded(run: Run, body: Callable[[], None]) -> None:
     run.emit()
 
 
+def _table(*columns: str, title: str | None = None) -> Table:
+    """A results table that folds long cells instead of cutting them (logs are 80 wide)."""
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    return table
+
+
 def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
     if text is None:
         return None
@@ -151,7 +159,7 @@ def export(
                 allow_code_execution=allow_code_execution,
                 step=step,
             )
-        table = Table("file", "model", "grid", "max |onnx-torch|", "export s", title="exported")
+        table = _table("file", "model", "grid", "max |onnx-torch|", "export s", title="exported")
         for r in results:
             run.artifacts.append(
                 dict(kind="onnx", path=str(r.path), sha256=r.sha256, size_bytes=r.size_bytes,
@@ -205,7 +213,7 @@ def models(as_json: JsonOpt = False, debug: DebugOpt = False):
     run = Run("models", as_json, debug)
 
     def body():
-        table = Table("name", "family", "dim", "depth", "heads", "patch", "classes", "Φ skips")
+        table = _table("name", "family", "dim", "depth", "heads", "patch", "classes", "Φ skips")
         for s in list_specs():
             a = s.arch
             run.results.append(dict(name=s.name, family=a.family, embed_dim=a.embed_dim,

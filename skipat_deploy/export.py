@@ -28,7 +28,7 @@ import torch
 from . import __version__
 from ._io import artifact_stem, atomic_path
 from .checkpoint import LoadedCheckpoint, load_weights, sha256_file
-from .errors import ExportValidationError, ResolutionError
+from .errors import ExportValidationError, ResolutionError, UserError
 from .models.registry import build_model, init_weights, get_spec
 from .validate import cpu_session, run_all, validate_onnx
 
@@ -142,7 +142,10 @@ def model_metadata(ckpt: LoadedCheckpoint, resolution: int, cfg: ExportConfig) -
 
 def read_metadata(path: str | Path) -> dict:
     """The skipat-deploy metadata of an exported model, without loading its weights."""
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise UserError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
             return json.loads(prop.value)

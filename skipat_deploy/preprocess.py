@@ -30,7 +30,7 @@ class Preprocess:
     interpolation: str = "bicubic"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
