@@ -228,5 +228,26 @@ def models(as_json: JsonOpt = False, debug: DebugOpt = False):
     guarded(run, body)
 
 
+@app.command()
+def devices(as_json: JsonOpt = False, debug: DebugOpt = False):
+    """List the Snapdragon device profiles (profiles/devices.json)."""
+    from dataclasses import asdict
+
+    from .devices import load_profiles
+
+    run = Run("devices", as_json, debug)
+
+    def body():
+        table = _table("device", "chipset", "SoC", "Hexagon", "QNN soc_model", "AI Hub name", "aliases")
+        for p in load_profiles():
+            run.results.append(asdict(p))
+            table.add_row(p.name, p.chipset, p.soc, p.hexagon, str(p.qnn_soc_model),
+                          p.hub_devices[0], ", ".join(p.aliases[:4]))
+        if not as_json:
+            Console().print(table)
+
+    guarded(run, body)
+
+
 def main() -> None:
     app()
