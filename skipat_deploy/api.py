@@ -16,7 +16,7 @@ from .predict import Prediction, predict
 
 DEFAULT_ARCH = "skipat_tiny_patch16"
 
-__all__ = ["export", "load", "predict", "ExportResult", "Prediction", "DEFAULT_ARCH"]
+__all__ = ["export", "load", "predict", "quantize", "ExportResult", "Prediction", "DEFAULT_ARCH"]
 
 
 def load(
@@ -53,3 +53,36 @@ def export(
     loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
     config = ExportConfig(resolutions=tuple(resolutions), batch_size=batch_size)
     return export_onnx(loaded, out_dir, config, step)
+
+
+def quantize(
+    ckpt: str | Path | None,
+    out_dir: str | Path = "export",
+    resolution: int = 224,
+    precision: str = "w8a16",
+    backend: str = "aimet",
+    device: str = "Galaxy S22",
+    calib_dir: str | Path | None = None,
+    eval_dir: str | Path | None = None,
+    num_calib: int = 64,
+    num_eval: int = 16,
+    adaround: bool = False,
+    qat_steps: int = 0,
+    arch: str | None = None,
+    skip_indices: tuple[int, ...] | None = None,
+    head_dim: int = 64,
+    allow_code_execution: bool = False,
+    step: Callable[[str], None] = lambda msg: None,
+):
+    """Quantize for the NPU; returns a :class:`skipat_deploy.quantize.QuantizeResult`."""
+    from .quantize import QuantizeConfig, quantize as run_quantize
+
+    cfg = QuantizeConfig(
+        resolution=resolution, precision=precision, backend=backend, device=device,
+        calib_dir=Path(calib_dir) if calib_dir else None,
+        eval_dir=Path(eval_dir) if eval_dir else None, num_calib=num_calib, num_eval=num_eval,
+        adaround=adaround, qat_steps=qat_steps,
+    )
+    cfg.check()
+    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
+    return run_quantize(loaded, out_dir, cfg, step)

@@ -28,6 +28,11 @@ err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Artifact folder.")]
+CkptOpt = Annotated[Optional[Path], typer.Option("--ckpt", help="Checkpoint (.pth .pt .t7 .pth.tar .bin .safetensors); none = freshly initialised --arch.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Registered architecture to use instead of the inferred one (`skipat-deploy models`).")]
+SkipOpt = Annotated[Optional[str], typer.Option("--skip-indices", help="SkipAt blocks replaced by Φ, 0-based, e.g. 3,4,5,6,7,8.")]
+HeadDimOpt = Annotated[int, typer.Option("--head-dim", help="Attention head dim (heads are not stored in weights).")]
+UnsafeOpt = Annotated[bool, typer.Option("--allow-code-execution", help="Unpickle with arbitrary code execution (only for checkpoints you trust).")]
 
 
 class Run:
@@ -113,6 +118,16 @@ def _table(*columns: str, title: str | None = None) -> Table:
     return table
 
 
+def _notice_fresh(run: Run, ckpt, arch, doing: str) -> None:
+    if ckpt is None:
+        from .api import DEFAULT_ARCH
+
+        run.notice(
+            f"no --ckpt given: {doing} a freshly initialised {arch or DEFAULT_ARCH} (random "
+            "weights, not trained; fine for latency, meaningless for predictions)"
+        )
+
+
 def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
     if text is None:
         return None
@@ -124,14 +139,14 @@ def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
 
 @app.command()
 def export(
-    ckpt: Annotated[Optional[Path], typer.Option(help="Checkpoint (.pth .pt .t7 .pth.tar .bin .safetensors).")] = None,
+    ckpt: CkptOpt = None,
     resolution: Annotated[list[int], typer.Option(help="Input size in px (repeatable).")] = [224, 384],
     out: OutOpt = Path("export"),
-    arch: Annotated[Optional[str], typer.Option(help="Registered architecture to use instead of the inferred one (`skipat-deploy models`).")] = None,
-    skip_indices: Annotated[Optional[str], typer.Option(help="SkipAt blocks replaced by Φ, 0-based, e.g. 3,4,5,6,7,8.")] = None,
-    head_dim: Annotated[int, typer.Option(help="Attention head dim (heads are not stored in weights).")] = 64,
+    arch: ArchOpt = None,
+    skip_indices: SkipOpt = None,
+    head_dim: HeadDimOpt = 64,
     batch: Annotated[int, typer.Option(help="Static batch size of the exported graph.")] = 1,
-    allow_code_execution: Annotated[bool, typer.Option("--allow-code-execution", help="Unpickle with arbitrary code execution (only for checkpoints you trust).")] = False,
+    allow_code_execution: UnsafeOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ):
@@ -141,12 +156,7 @@ def export(
     run = Run("export", as_json, debug)
 
     def body():
-        if ckpt is None:
-            name = arch or api.DEFAULT_ARCH
-            run.notice(
-                f"no --ckpt given: exporting a freshly initialised {name} (random weights, "
-                "not trained; fine for latency, meaningless for predictions)"
-            )
+        _notice_fresh(run, ckpt, arch, "exporting")
         with run.progress(total=5 * len(resolution)) as step:
             results = api.export(
                 ckpt,
@@ -172,6 +182,82 @@ def export(
                           f"{r.max_abs_diff:.2e}", f"{r.seconds:.1f}")
         if not as_json:
             Console().print(table)
+
+    guarded(run, body)
+
+
+@app.command()
+def quantize(
+    ckpt: CkptOpt = None,
+    resolution: Annotated[int, typer.Option(help="Input size in px; calibration runs at this grid.")] = 224,
+    calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (.jpg/.png, searched recursively); default: real photos bundled with scikit-image.")] = None,
+    num_calib: Annotated[int, typer.Option(help="Calibration samples (photos, then further crops of them).")] = 64,
+    eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="Folder of held-out images for the quality report; default: a disjoint split of --calib.")] = None,
+    num_eval: Annotated[int, typer.Option(help="Evaluation samples.")] = 16,
+    precision: Annotated[str, typer.Option(help="w8a8, w8a16 or mixed (8-bit activations, the most sensitive layers 16-bit).")] = "w8a16",
+    backend: Annotated[str, typer.Option(help="aimet (default) or ort (onnxruntime.quantization, QNN config).")] = "aimet",
+    device: Annotated[str, typer.Option(help="Target phone (`skipat-deploy devices`).")] = "Galaxy S22",
+    adaround: Annotated[bool, typer.Option("--adaround", help="AdaRound the weights (AIMET).")] = False,
+    qat_steps: Annotated[int, typer.Option(help="Distillation fine-tune steps of the simulation on the calibration images.")] = 0,
+    out: OutOpt = Path("export"),
+    arch: ArchOpt = None,
+    skip_indices: SkipOpt = None,
+    head_dim: HeadDimOpt = 64,
+    allow_code_execution: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Quantize for the Hexagon NPU (QDQ ONNX + .aimet folder) and report the quality."""
+    from . import api
+
+    run = Run("quantize", as_json, debug)
+
+    def body():
+        _notice_fresh(run, ckpt, arch, "quantizing")
+        with run.progress(total=40) as step:
+            r = api.quantize(
+                ckpt, out, resolution=resolution, precision=precision, backend=backend,
+                device=device, calib_dir=calib, eval_dir=eval_dir, num_calib=num_calib,
+                num_eval=num_eval, adaround=adaround, qat_steps=qat_steps, arch=arch,
+                skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
+                allow_code_execution=allow_code_execution, step=step,
+            )
+        for n in r.notices:
+            run.notice(n)
+        for kind, path in (("float_onnx", r.float_onnx), ("qdq_onnx", r.qdq_onnx),
+                           ("aimet_folder", r.aimet_dir), ("quality_report", r.report_json),
+                           ("layer_csv", r.layers_csv)):
+            if path is not None:
+                run.artifacts.append(dict(kind=kind, path=str(path)))
+        subject = str(r.qdq_onnx)
+        q = r.quality
+        run.measure("sqnr_vs_float", q.sqnr_db, "dB", "cpu (onnxruntime, QDQ)", subject)
+        run.measure("cosine_vs_float_mean", q.cosine_mean, "", "cpu (onnxruntime, QDQ)", subject)
+        if q.top1_agreement is not None:
+            run.measure("top1_agreement", q.top1_agreement, "", "cpu (onnxruntime, QDQ)", subject)
+        if r.sim_quality is not None:
+            run.measure("sim_sqnr_vs_float", r.sim_quality.sqnr_db, "dB", "aimet simulation", subject)
+            run.measure("qdq_vs_sim_sqnr", r.qdq_vs_sim_sqnr_db, "dB", "cpu vs aimet simulation", subject)
+        run.measure("quantize_seconds", r.seconds, "s", "cpu", subject)
+        run.results.append(r.to_json())
+        if as_json:
+            return
+        t = _table("measure", "value", title=f"{r.qdq_onnx.name}: {r.precision} ({r.backend}) for {r.device} / {r.hexagon}")
+        t.add_row("output SQNR vs float (QDQ ONNX, CPU)", f"{q.sqnr_db:.2f} dB")
+        t.add_row("cosine vs float (mean / min)", f"{q.cosine_mean:.5f} / {q.cosine_min:.5f}")
+        if q.top1_agreement is not None:
+            t.add_row("top-1 agreement", f"{q.top1_agreement:.1%}")
+        if r.sim_quality is not None:
+            t.add_row("AIMET simulation SQNR vs float", f"{r.sim_quality.sqnr_db:.2f} dB")
+            t.add_row("QDQ ONNX vs simulation SQNR", f"{r.qdq_vs_sim_sqnr_db:.2f} dB")
+        t.add_row("evaluated on", f"{q.num_images} samples from {r.eval_source}")
+        t.add_row("calibrated on", f"{r.num_calib} samples from {r.calib_source}")
+        t.add_row("16-bit activation layers", f"{len(r.promoted)} of {r.num_activation_quantizers}"
+                  + (": " + ", ".join(r.promoted) if r.promoted else ""))
+        t.add_row("sizes", ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in r.sizes_bytes.items()))
+        t.add_row("most sensitive layers (share of activation noise)", ", ".join(f"{s.layer} {s.noise_share:.0%}" for s in r.sensitivity[:5]) or "-")
+        t.add_row("time", f"{r.seconds:.0f} s")
+        Console().print(t)
 
     guarded(run, body)
 

@@ -1,0 +1,96 @@
+"""Float-equivalent weight transforms that make a trained ViT easier to quantize.
+
+Each rewrites weights so the float model computes the same function (up to float rounding)
+while the tensors that get quantized per-tensor lose their outlier channels:
+
+* :func:`fold_layer_scale`: LayerScale ``gamma`` into the Linear before it (``attn.proj``,
+  ``mlp.fc2``): per-output-channel weight quantization absorbs it for free, and one Mul and its
+  8-bit quantizer disappear;
+* :func:`fold_norm_affine`: LayerNorm ``weight`` / ``bias`` into the Linear after it, so the
+  quantized LayerNorm output is the plain normalised tensor (trained ViTs have outlier channels
+  in the LayerNorm scale);
+* :func:`equalize_attention`: per-channel rescaling of q against k and of v against ``proj``
+  (SmoothQuant-style, Xiao et al. 2023), so the 8-bit symmetric k and v that HTP v69 requires
+  lose their outlier channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .models.layers import Block
+
+
+def _blocks(model: nn.Module) -> list[Block]:
+    return [m for m in model.modules() if isinstance(m, Block)]
+
+
+@torch.no_grad()
+def fold_layer_scale(model: nn.Module) -> nn.Module:
+    for blk in _blocks(model):
+        for ls, linear in ((blk.ls1, blk.attn.proj), (blk.ls2, blk.mlp.fc2)):
+            if isinstance(ls, nn.Identity):
+                continue
+            g = ls.gamma
+            linear.weight.mul_(g[:, None])
+            linear.bias.mul_(g)
+        blk.ls1, blk.ls2 = nn.Identity(), nn.Identity()
+    return model
+
+
+@torch.no_grad()
+def _fold_norm(norm: nn.LayerNorm, linear: nn.Linear, alpha: float) -> None:
+    """Move the bias and |weight|**alpha of the norm into the Linear."""
+    w, b = norm.weight.clone(), norm.bias.clone()
+    s = w.abs().clamp_min(1e-8) ** alpha
+    if linear.bias is None:
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features))
+    linear.bias.add_(linear.weight @ b)
+    linear.weight.mul_(s[None, :])
+    norm.weight.div_(s)
+    norm.bias.zero_()
+
+
+def fold_norm_affine(model: nn.Module, alpha: float = 1.0) -> nn.Module:
+    """norm1 -> qkv and norm2 -> fc1 in every block (the final norm stays: it is the output of
+    head-less models, and cheap to quantize in front of a head)."""
+    for blk in _blocks(model):
+        _fold_norm(blk.norm1, blk.attn.qkv, alpha)
+        _fold_norm(blk.norm2, blk.mlp.fc1, alpha)
+    return model
+
+
+@torch.no_grad()
+def equalize_attention(model: nn.Module, calib: torch.Tensor, alpha: float = 0.5) -> nn.Module:
+    """Rescale q/k and v/proj channels from ranges seen on ``calib``: k_c *= s_c, q_c /= s_c with
+    s_c = sqrt(max|q_c| / max|k_c|); v_c *= t_c, proj[:, c] /= t_c with t_c = (max_c' r / r_c)^alpha."""
+    ranges: dict[int, torch.Tensor] = {}
+    hooks = []
+    blocks = _blocks(model)
+    for i, blk in enumerate(blocks):
+        def hook(mod, inp, out, i=i):
+            r = out.detach().abs().amax(dim=tuple(range(out.ndim - 1)))
+            ranges[i] = r if i not in ranges else torch.maximum(ranges[i], r)
+        hooks.append(blk.attn.qkv.register_forward_hook(hook))
+    try:
+        for x in calib.split(8):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    for i, blk in enumerate(blocks):
+        if i not in ranges:  # skipped SkipAt blocks never run their attention
+            continue
+        d = blk.attn.dim
+        rq, rk, rv = ranges[i][:d], ranges[i][d : 2 * d], ranges[i][2 * d :]
+        eps = 1e-6
+        s = torch.sqrt((rq + eps) / (rk + eps))
+        t = ((rv.max() + eps) / (rv + eps)) ** alpha
+        qkv, proj = blk.attn.qkv, blk.attn.proj
+        scale = torch.cat([1 / s, s, t])
+        qkv.weight.mul_(scale[:, None])
+        if qkv.bias is not None:
+            qkv.bias.mul_(scale)
+        proj.weight.div_(t[None, :])
+    return model

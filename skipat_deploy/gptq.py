@@ -1,0 +1,78 @@
+"""GPTQ rounding of Linear weights (Frantar et al., "GPTQ: Accurate Post-Training Quantization
+for Generative Pre-trained Transformers", ICLR 2023).
+
+Round-to-nearest 8-bit per-channel weights cost a trained ViT about 33 dB of output SQNR. GPTQ
+quantizes one input column at a time and spreads each column's rounding error over the columns
+not yet quantized, weighted by the inverse Hessian of the layer's calibration inputs, so the
+layer's *output* error is minimised rather than the weight error. The returned weights lie on the
+per-channel symmetric grid whose scales are returned too (the simulation must use exactly those).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def _hessians(model: nn.Module, calib: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    mods = dict(model.named_modules())
+    hs: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+    for n in names:
+        def hook(mod, inp, n=n):
+            x = inp[0].reshape(-1, inp[0].shape[-1]).double()
+            hs[n] = hs.get(n, 0) + x.T @ x
+            counts[n] = counts.get(n, 0) + x.shape[0]
+        hooks.append(mods[n].register_forward_pre_hook(hook))
+    try:
+        for x in calib.split(8):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: hs[n] / counts[n] for n in hs}
+
+
+@torch.no_grad()
+def _gptq(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, block: int = 128):
+    w = w.double().clone()
+    scale = (w.abs().amax(dim=1, keepdim=True) / qmax).clamp_min(1e-12)
+    dead = torch.diag(h) == 0
+    h = h.clone()
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += 0.01 * torch.mean(torch.diag(h)) * torch.eye(len(h), dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    cols = w.shape[1]
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            q = torch.clamp(torch.round(col / scale[:, 0]), qmin, qmax) * scale[:, 0]
+            e = (col - q) / hinv1[i, i]
+            w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+            w1[:, i] = q
+            err1[:, i] = e
+        w[:, i1:i2] = w1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return w, scale
+
+
+def gptq_linears(model: nn.Module, calib: torch.Tensor, bits: int = 8) -> dict[str, torch.Tensor]:
+    """In place: GPTQ-round every nn.Linear that runs on ``calib``; returns name -> per-channel
+    scale (out, 1) of the symmetric signed grid the new weights lie on."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    hs = _hessians(model, calib, names)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    mods = dict(model.named_modules())
+    scales = {}
+    for n, h in hs.items():
+        lin = mods[n]
+        w, scale = _gptq(lin.weight.data, h, qmin, qmax)
+        lin.weight.data.copy_(w.to(lin.weight.dtype))
+        scales[n] = scale.float()
+    return scales

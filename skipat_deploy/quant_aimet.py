@@ -1,0 +1,445 @@
+"""AIMET backend: a QuantizationSimModel that quantizes what the Hexagon NPU quantizes.
+
+AIMET only quantizes module leaves it has a quantized definition for. Our arithmetic modules
+(``models.layers``) are swapped one for one for ``aimet_torch.nn.modules.custom`` (Mean gets a
+quantized definition of its own), so every matmul, softmax, add, multiply, concat and mean is
+simulated as the NPU runs it. Two more rules make the simulation honest and the QDQ graph
+loadable by the QNN HTP backend:
+
+* parameters that enter arithmetic as operands (``pos_embed``, ``cls_token``, LayerScale
+  ``gamma``) get input quantizers, otherwise they would stay float;
+* every op computes at one bitwidth: where a producer's bitwidth differs from the op's output
+  bitwidth, the op gets an input quantizer at its own bitwidth (an explicit requantize). The
+  exception is the HTP v66-v69 rule that a MatMul's second input is 8-bit symmetric.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx
+from torch import nn
+
+from .models import layers as L
+
+log = logging.getLogger(__name__)
+
+_registered = False
+
+
+def _aimet():
+    """Import AIMET lazily (it is heavy) and register our Mean once."""
+    global _registered
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from aimet_torch.common.utils import AimetLogger
+
+        # AIMET logs to stdout, which belongs to --json: errors only.
+        AimetLogger.set_level_for_all_areas(logging.ERROR)
+        import aimet_torch.nn.modules.custom as custom
+        from aimet_torch.nn import QuantizationMixin
+        from aimet_torch.nn.true_quant import _DispatchMixin
+        from aimet_torch.onnx_utils import map_torch_types_to_onnx
+
+    if not _registered:
+        map_torch_types_to_onnx.setdefault(L.Mean, ["ReduceMean"])
+
+        @QuantizationMixin.implements(L.Mean)
+        class QuantizedMean(_DispatchMixin, QuantizationMixin, L.Mean):  # noqa: F841
+            __quant_init__ = QuantizationMixin.__unary__
+            _builtin_torch_fn = torch.mean
+
+        _registered = True
+    return custom
+
+
+def swap_to_aimet(model: nn.Module) -> nn.Module:
+    """In place: our Add / Multiply / MatMul / Concat leaves -> AIMET's (same computation)."""
+    custom = _aimet()
+    table = {L.Add: custom.Add, L.Multiply: custom.Multiply, L.MatMul: custom.MatMul}
+    for _, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) in table:
+                setattr(parent, name, table[type(child)]())
+            elif type(child) is L.Concat:
+                setattr(parent, name, custom.Concat(axis=child.dim))
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Where each module input comes from (module, parameter or model input), read off torch.fx.
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "module", "param" or "input"
+    name: str
+
+
+_VIEW_METHODS = {"reshape", "view", "permute", "transpose", "expand_as", "expand", "contiguous",
+                 "flatten", "unsqueeze", "squeeze", "__getitem__"}
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, L.ARITHMETIC_MODULES) or super().is_leaf_module(m, qualname)
+
+
+def input_sources(model: nn.Module) -> dict[str, list[Source | None]]:
+    """For every leaf module call: the source of each tensor argument, looking through views."""
+    graph = _Tracer().trace(model)
+
+    def resolve(node) -> Source | None:
+        while True:
+            if not isinstance(node, torch.fx.Node):
+                return None
+            if node.op == "call_module":
+                return Source("module", node.target)
+            if node.op == "get_attr":
+                return Source("param", node.target)
+            if node.op == "placeholder":
+                return Source("input", node.target)
+            if node.op in ("call_method", "call_function") and (
+                node.op == "call_function" or node.target in _VIEW_METHODS
+            ):
+                node = node.args[0]
+                continue
+            return None
+
+    out: dict[str, list[Source | None]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            out[node.target] = [resolve(a) for a in node.args]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+
+def _qdq(bitwidth: int, symmetric: bool):
+    from aimet_torch.quantization.affine import QuantizeDequantize
+
+    return QuantizeDequantize(shape=(), bitwidth=bitwidth, symmetric=symmetric)
+
+
+def _out_bw(module) -> int | None:
+    qs = [q for q in getattr(module, "output_quantizers", []) if q is not None]
+    return qs[0].bitwidth if qs else None
+
+
+@dataclass(frozen=True)
+class SimPlan:
+    activation_bw: int  # 8 or 16: default activation bitwidth
+    promoted: tuple[str, ...] = ()  # modules whose outputs are 16-bit in an 8-bit model
+    htp_arch: int = 69
+    quant_scheme: str = "post_training_tf_enhanced"
+
+
+def build_sim(model: nn.Module, dummy: torch.Tensor, plan: SimPlan, config_file: str):
+    """A QuantizationSimModel of ``model`` (left untouched) following ``plan``; not calibrated."""
+    _aimet()
+    from aimet_torch.common.defs import QuantScheme
+    from aimet_torch.quantsim import QuantizationSimModel
+
+    sources = input_sources(model)
+    float_model = swap_to_aimet(copy.deepcopy(model)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = QuantizationSimModel(
+            float_model,
+            dummy,
+            quant_scheme=QuantScheme[plan.quant_scheme],
+            default_output_bw=plan.activation_bw,
+            default_param_bw=8,
+            in_place=True,
+            config_file=config_file,
+        )
+    mods = dict(sim.model.named_modules())
+    # Output bitwidths: the plan's, asymmetric. The HTP config forces MatMul second inputs to
+    # 8-bit symmetric by changing their producer (qkv); that is restored here and applied at
+    # the MatMul's input instead, so qkv computes at one bitwidth. AIMET may share one quantizer
+    # between modules (concat inputs): a shared quantizer is 16-bit if any owner is promoted.
+    owners: dict[int, list[str]] = {}
+    quantizers: dict[int, object] = {}
+    for name, m in mods.items():
+        for q in getattr(m, "output_quantizers", []):
+            if q is not None:
+                owners.setdefault(id(q), []).append(name)
+                quantizers[id(q)] = q
+    for key, q in quantizers.items():
+        promoted = plan.activation_bw == 16 or any(n in plan.promoted for n in owners[key])
+        target = 16 if promoted else 8
+        if q.bitwidth != target or (q.symmetric and target == 16):
+            q.bitwidth, q.symmetric = target, False
+    bw = {n: _out_bw(m) for n, m in mods.items()}
+    custom = _aimet()
+    for name, srcs in sources.items():
+        m = mods.get(name)
+        if m is None or not hasattr(m, "input_quantizers"):
+            continue
+        own = bw.get(name)
+        if own is None:  # e.g. the attention scale multiply: no output quantizer of its own
+            own = next((bw[s.name] for s in srcs if s and s.kind == "module" and bw.get(s.name)), 8)
+        for i, src in enumerate(srcs[: len(m.input_quantizers)]):
+            if src is None:
+                continue
+            is_matmul_rhs = isinstance(m, custom.MatMul) and i == 1
+            if is_matmul_rhs and plan.htp_arch < 73:
+                if own == 16 or (src.kind == "module" and bw.get(src.name) != 8):
+                    m.input_quantizers[i] = _qdq(8, True)
+                continue
+            if src.kind == "param":
+                gamma = src.name.endswith("gamma")
+                if m.input_quantizers[i] is None:
+                    m.input_quantizers[i] = _qdq(8 if gamma else own, gamma)
+            elif src.kind == "module" and bw.get(src.name) not in (None, own):
+                m.input_quantizers[i] = _qdq(own, False)
+    return sim
+
+
+def freeze_weight_scales(sim, scales: dict[str, torch.Tensor]) -> None:
+    """Pin per-channel symmetric weight encodings to the grids GPTQ rounded onto."""
+    mods = dict(sim.model.named_modules())
+    for name, s in scales.items():
+        pq = getattr(mods.get(name), "param_quantizers", None)
+        q = pq["weight"] if pq is not None and "weight" in pq else None
+        if q is None:
+            continue
+        s = s.reshape(q.shape) if tuple(q.shape) != () else s.max()
+        q.set_range(s * q.qmin, s * q.qmax)
+        q.allow_overwrite(False)
+
+
+def calibrate(sim, batches: Iterable[torch.Tensor]) -> None:
+    batches = list(batches)
+
+    def forward(model):
+        with torch.no_grad():
+            for b in batches:
+                model(b)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim.compute_encodings(forward)
+
+
+def activation_modules(sim) -> list[str]:
+    """Names of modules with an activation output quantizer (the unit of mixed precision)."""
+    return [n for n, m in sim.model.named_modules() if _out_bw(m) is not None]
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    noise = np.sum((ref - test) ** 2)
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref**2) / noise))
+
+
+def promotion_sensitivity(
+    sim8, sim16, x: torch.Tensor, ref: np.ndarray, step: Callable[[str], None] = lambda s: None
+) -> list[tuple[str, float, float]]:
+    """Per layer: (name, SQNR with this layer's activations at 16 bit in the 8-bit model,
+    gain over the 8-bit model). Borrows calibrated 16-bit quantizers; no recalibration."""
+    m8 = dict(sim8.model.named_modules())
+    m16 = dict(sim16.model.named_modules())
+
+    def score() -> float:
+        with torch.no_grad():
+            return sqnr_db(ref, sim8.model(x).numpy())
+
+    base = score()
+    rows = []
+    names = activation_modules(sim8)
+    for k, n in enumerate(names):
+        a, b = m8[n], m16.get(n)
+        if b is None:
+            continue
+        saved_in, saved_out = list(a.input_quantizers), list(a.output_quantizers)
+        for i, q in enumerate(b.output_quantizers):
+            if q is not None:
+                a.output_quantizers[i] = q
+        for i, q in enumerate(b.input_quantizers):
+            if q is not None and q.bitwidth == 16 and a.input_quantizers[i] is not None:
+                a.input_quantizers[i] = q
+        s = score()
+        for i, q in enumerate(saved_in):
+            a.input_quantizers[i] = q
+        for i, q in enumerate(saved_out):
+            a.output_quantizers[i] = q
+        rows.append((n, s, s - base))
+        if k % 16 == 0:
+            step(f"sensitivity {k + 1}/{len(names)}")
+    return rows
+
+
+def export_qdq(sim, dummy: torch.Tensor, path: str, input_name: str, output_name: str) -> None:
+    """One QDQ ONNX at opset 21 (16-bit Q/DQ need it; GELU stays one op)."""
+    import aimet_torch.onnx as aimet_onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        aimet_onnx.export(sim, (dummy,), path, input_names=[input_name], output_names=[output_name],
+                          opset_version=21, dynamo=False)
+
+
+def export_aimet_folder(sim, dummy: torch.Tensor, folder: str, input_name: str, output_name: str) -> None:
+    """The ``.aimet`` folder AI Hub takes: one float ONNX + encodings 2.0.0."""
+    os.makedirs(folder, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim.onnx.export((dummy,), os.path.join(folder, "model.onnx"), encoding_version="2.0.0",
+                        dynamo=False, input_names=[input_name], output_names=[output_name],
+                        opset_version=21)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole AIMET pass: plan -> (AdaRound) -> sim -> calibrate -> sensitivity -> (mixed) -> (QAT)
+
+SENSITIVITY_SAMPLES = 2
+MAX_PROMOTED_FRACTION = 0.25  # at most a quarter of the activation quantizers go 16-bit
+CALIB_BATCH = 8
+
+
+@dataclass
+class AimetOutcome:
+    sim: object
+    dummy: torch.Tensor
+    promoted: list
+    sensitivity: list
+    num_activation_quantizers: int
+    sim_outputs: np.ndarray
+
+    def export(self, qdq_path, aimet_dir, input_name: str, output_name: str) -> None:
+        export_qdq(self.sim, self.dummy, str(qdq_path), input_name, output_name)
+        export_aimet_folder(self.sim, self.dummy, str(aimet_dir), input_name, output_name)
+
+
+def isolated_sensitivity(sim, x: torch.Tensor, ref: np.ndarray, step=lambda s: None):
+    """Per activation layer: output SQNR when only that layer's activations are quantized
+    (weights stay quantized everywhere). Quantization noise from different layers adds up
+    roughly independently, so each layer's share of the noise power says what promoting it to
+    16 bit would recover."""
+    from aimet_torch.utils import remove_activation_quantizers
+
+    mods = dict(sim.model.named_modules())
+    names = activation_modules(sim)
+    quantized = [m for m in mods.values() if hasattr(m, "output_quantizers")]
+    rows = []
+    with remove_activation_quantizers(quantized):
+        with torch.no_grad():
+            weights_only = sqnr_db(ref, sim.model(x).numpy())
+    for k, n in enumerate(names):
+        if k % 8 == 0:
+            step(f"sensitivity {k + 1}/{len(names)}")
+        with remove_activation_quantizers([m for m in quantized if m is not mods[n]]):
+            with torch.no_grad():
+                rows.append((n, _out_bw(mods[n]), sqnr_db(ref, sim.model(x).numpy())))
+    return weights_only, rows
+
+
+def noise_share(rows) -> dict[str, float]:
+    """Fraction of the summed activation noise power each layer contributes."""
+    power = {n: 10 ** (-s / 10) for n, _, s in rows}
+    total = sum(power.values()) or 1.0
+    return {n: p / total for n, p in power.items()}
+
+
+def _adaround(model: nn.Module, dummy, batches, config_file: str, folder: str) -> tuple[nn.Module, str]:
+    from aimet_torch.adaround import Adaround, AdaroundParameters
+    from aimet_torch.common.defs import QuantScheme
+
+    swapped = swap_to_aimet(copy.deepcopy(model)).eval()
+    params = AdaroundParameters(data_loader=[(b, None) for b in batches], num_batches=len(batches),
+                                default_num_iterations=200,
+                                forward_fn=lambda m, batch: m(batch[0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rounded = Adaround.apply_adaround(swapped, dummy, params, path=folder, filename_prefix="adaround",
+                                          default_param_bw=8,
+                                          default_quant_scheme=QuantScheme.post_training_tf_enhanced,
+                                          default_config_file=config_file)
+    return rounded, os.path.join(folder, "adaround.encodings")
+
+
+def _qat(sim, model: nn.Module, xc: torch.Tensor, steps: int, step=lambda s: None) -> None:
+    """Distillation fine-tune of the simulation (weights and quantizer ranges) toward the float
+    model's outputs on the calibration images."""
+    sim.model.train()
+    opt = torch.optim.Adam(sim.model.parameters(), lr=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(steps):
+        idx = torch.randint(0, len(xc), (min(4, len(xc)),), generator=gen)
+        x = xc[idx]
+        with torch.no_grad():
+            target = model(x)
+        loss = torch.nn.functional.mse_loss(sim.model(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i % 5 == 0:
+            step(f"QAT step {i + 1}/{steps}")
+    sim.model.eval()
+
+
+def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray, cfg, device,
+        step=lambda s: None) -> AimetOutcome:
+    import tempfile
+
+    from . import equalize, gptq
+
+    xc, xe = torch.from_numpy(xc_np), torch.from_numpy(xe_np)
+    dummy = xc[:1]
+    batches = list(xc.split(CALIB_BATCH))
+    act_bw = 16 if cfg.precision == "w8a16" else 8
+    frozen = None
+    step("folding LayerScale / LayerNorm bias, equalizing q-k and v-proj")
+    base_model = copy.deepcopy(model)
+    equalize.fold_layer_scale(base_model)
+    equalize.fold_norm_affine(base_model, alpha=0.5)
+    with torch.no_grad():
+        equalize.equalize_attention(base_model, xc)
+    scales: dict = {}
+    with tempfile.TemporaryDirectory() as work:
+        if cfg.adaround:
+            step("AdaRound (weights)")
+            base_model, frozen = _adaround(base_model, dummy, batches, device.aimet_config, work)
+        else:
+            step("GPTQ rounding of Linear weights")
+            with torch.no_grad():
+                scales = gptq.gptq_linears(base_model, xc)
+
+        def make(plan):
+            sim = build_sim(base_model, dummy, plan, device.aimet_config)
+            if frozen:
+                sim.set_and_freeze_param_encodings(frozen)
+            freeze_weight_scales(sim, scales)
+            step(f"calibrating on {len(xc)} samples")
+            calibrate(sim, batches)
+            return sim
+
+        step(f"building the simulation ({device.aimet_config})")
+        sim = make(SimPlan(act_bw, htp_arch=device.htp_arch))
+        n_act = len(activation_modules(sim))
+        xs, rs = xe[:SENSITIVITY_SAMPLES], ref[:SENSITIVITY_SAMPLES]
+        _, rows = isolated_sensitivity(sim, xs, rs, step)
+        share = noise_share(rows)
+        rows.sort(key=lambda r: -share[r[0]])
+        promoted: list[str] = []
+        if cfg.precision == "mixed":
+            budget = int(n_act * MAX_PROMOTED_FRACTION)
+            promoted = [r[0] for r in rows[:budget] if share[r[0]] > 0.002]
+            step(f"promoting {len(promoted)} of {n_act} activation layers to 16 bit")
+            sim = make(SimPlan(8, tuple(promoted), htp_arch=device.htp_arch))
+        if cfg.qat_steps:
+            _qat(sim, model, xc, cfg.qat_steps, step)
+    from .quantize import LayerSensitivity
+
+    bits = {n: _out_bw(m) for n, m in sim.model.named_modules()}
+    sens = [LayerSensitivity(n, bits.get(n) or b, s, share[n]) for n, b, s in rows]
+    with torch.no_grad():
+        outs = np.concatenate([sim.model(b).numpy() for b in xe.split(CALIB_BATCH)])
+    return AimetOutcome(sim, dummy, promoted, sens, n_act, outs)

@@ -1,0 +1,309 @@
+"""INT8 quantization for the Hexagon NPU, with a quality report.
+
+:func:`quantize` takes a checkpoint to, in ``out_dir``:
+
+* ``<stem>_<res>.onnx``: the float model (the export step);
+* ``<stem>_<res>_<precision>[_ort].qdq.onnx``: a QDQ model for ONNX Runtime's CPU and QNN
+  providers, checked against the AIMET simulation on the evaluation images;
+* ``<stem>_<res>_<precision>.aimet/``: float ONNX + encodings 2.0.0, what AI Hub takes (AIMET);
+* ``….quant.json`` and ``….layers.csv``: the quality report and per-layer sensitivity.
+
+Precisions: ``w8a8`` and ``w8a16`` (8-bit per-channel weights, 8- or 16-bit activations) and
+``mixed``: 8-bit activations except the most sensitive layers (at most a quarter of the
+activation quantizers), promoted to 16-bit. Everything is built in a temporary folder and moved
+into place only after every check has passed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from . import calibration
+from .checkpoint import LoadedCheckpoint, load_weights
+from .devices import DEFAULT_DEVICE, resolve_device
+from .errors import ExportValidationError, UserError
+from .export import (INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, check_resolution,
+                     export_onnx, output_name)
+from .models.registry import build_model
+from .quant_aimet import sqnr_db
+
+PRECISIONS = ("w8a8", "w8a16", "mixed")
+BACKENDS = ("aimet", "ort")
+# The QDQ ONNX must reproduce the AIMET simulation. ONNX Runtime and the simulation differ only
+# in int32 bias rounding and float summation order; at 16 bit that leaves the QDQ model far
+# closer to the simulation than to float. At 8 bit, single-LSB flips cascade through the
+# network, so the QDQ model is checked to be as good as the simulation instead.
+QDQ_VS_SIM_MARGIN_DB = 10.0
+QDQ_VS_SIM_QUALITY_DB = 1.5
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    resolution: int = 224
+    precision: str = "w8a16"
+    backend: str = "aimet"
+    device: str = DEFAULT_DEVICE
+    calib_dir: Path | None = None
+    eval_dir: Path | None = None
+    num_calib: int = 64
+    num_eval: int = 16
+    adaround: bool = False
+    qat_steps: int = 0
+    seed: int = 0
+
+    def check(self):
+        """Reject bad options before any work; returns the device profile."""
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.backend == "ort" and (self.precision == "mixed" or self.adaround or self.qat_steps):
+            raise UserError("mixed precision, --adaround and --qat-steps need --backend aimet")
+        if self.num_calib < 1 or self.num_eval < 1 or self.qat_steps < 0:
+            raise UserError("--num-calib and --num-eval must be at least 1, --qat-steps at least 0")
+        for what, folder in (("--calib", self.calib_dir), ("--eval", self.eval_dir)):
+            if folder is not None and not Path(folder).is_dir():
+                raise UserError(f"{what} folder not found: {folder}")
+        return resolve_device(self.device)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Quantized vs float on the evaluation images (all outputs pooled for SQNR)."""
+
+    sqnr_db: float
+    cosine_mean: float
+    cosine_min: float
+    top1_agreement: float | None  # classifiers only
+    num_images: int
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    layer: str
+    bitwidth: int  # activation bitwidth in the final model
+    sqnr_alone_db: float  # output SQNR when only this layer's activations are quantized
+    noise_share: float  # its share of the summed activation noise power (0..1)
+
+
+@dataclass
+class QuantizeResult:
+    qdq_onnx: Path
+    float_onnx: Path
+    report_json: Path
+    layers_csv: Path
+    aimet_dir: Path | None
+    precision: str
+    backend: str
+    device: str
+    hexagon: str
+    resolution: int
+    quality: Quality  # the QDQ ONNX on ONNX Runtime CPU vs float PyTorch
+    sim_quality: Quality | None  # the AIMET simulation vs float
+    qdq_vs_sim_sqnr_db: float | None
+    promoted: list[str]
+    num_activation_quantizers: int
+    sensitivity: list[LayerSensitivity]
+    calib_source: str
+    eval_source: str
+    num_calib: int
+    sizes_bytes: dict[str, int]
+    seconds: float
+    notices: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ("qdq_onnx", "float_onnx", "report_json", "layers_csv", "aimet_dir"):
+            d[k] = None if d[k] is None else str(d[k])
+        return d
+
+
+def quality(ref: np.ndarray, test: np.ndarray, classifier: bool) -> Quality:
+    r, t = ref.reshape(len(ref), -1).astype(np.float64), test.reshape(len(test), -1).astype(np.float64)
+    cos = np.sum(r * t, 1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(t, axis=1) + 1e-30)
+    top1 = float(np.mean(r.argmax(1) == t.argmax(1))) if classifier else None
+    return Quality(sqnr_db(r, t), float(cos.mean()), float(cos.min()), top1, len(r))
+
+
+def _run_onnx(path: Path, x: np.ndarray, batch: int, reference_kernels: bool) -> np.ndarray:
+    """Run a QDQ model on the CPU. With ``reference_kernels`` ORT keeps Q/DQ as separate ops
+    (no fusion into integer kernels), which reproduces the QDQ semantics exactly."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if reference_kernels:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def _images(cfg: QuantizeConfig, notices: list[str]):
+    if cfg.calib_dir is None:
+        calib, evaluation = calibration.bundled_photos()
+        notices.append(
+            f"no --calib: calibrating on {len(calib.paths)} real photos bundled with scikit-image; "
+            "give --calib DIR with images like the ones the model will see"
+        )
+    else:
+        calib = calibration.find_images(cfg.calib_dir)
+        evaluation = None
+        if calib.skipped:
+            notices.append(f"--calib: skipped {len(calib.skipped)} files that are not .jpg/.png "
+                           f"(e.g. {calib.skipped[0].name})")
+    if cfg.eval_dir is not None:
+        evaluation = calibration.find_images(cfg.eval_dir, "--eval")
+    elif evaluation is None:
+        calib, evaluation = calibration.split(calib)
+        notices.append(f"no --eval: evaluating on {len(evaluation.paths)} held-out files of --calib")
+    return calib, evaluation
+
+
+def _metadata(float_onnx: Path, precision: str, backend: str, device, promoted: list[str],
+              calib_source: str) -> str:
+    meta = {}
+    for p in onnx.load(str(float_onnx), load_external_data=False).metadata_props:
+        if p.key == METADATA_KEY:
+            meta = json.loads(p.value)
+    meta["quantization"] = dict(precision=precision, backend=backend, device=device.name,
+                                soc=device.soc, hexagon=device.hexagon,
+                                activations_16bit=promoted, calibration=calib_source)
+    return json.dumps(meta, sort_keys=True)
+
+
+def _set_metadata(path: Path, value: str) -> None:
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    model.metadata_props.add(key=METADATA_KEY, value=value)
+    onnx.save(model, str(path))
+
+
+def quantize(
+    ckpt: LoadedCheckpoint,
+    out_dir: str | Path,
+    cfg: QuantizeConfig = QuantizeConfig(),
+    step: Callable[[str], None] = lambda msg: None,
+) -> QuantizeResult:
+    t0 = time.perf_counter()
+    device = cfg.check()
+    grid = check_resolution(cfg.resolution, ckpt.arch.patch_size)
+    notices: list[str] = []
+    calib_set, eval_set = _images(cfg, notices)
+
+    pp, res = ckpt.spec.preprocess, cfg.resolution
+    step(f"pre-processing {cfg.num_calib} calibration + {cfg.num_eval} evaluation samples at {res}px")
+    xc = calibration.image_batch(calib_set, res, pp, cfg.num_calib, seed=cfg.seed)
+    xe = calibration.image_batch(eval_set, res, pp, cfg.num_eval, seed=cfg.seed + 1)
+    model = load_weights(build_model(ckpt.arch, grid), ckpt.state_dict, ckpt.spec.name)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(xe)).numpy()
+    classifier = ckpt.arch.num_classes > 0
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = artifact_name(ckpt, res, 1).removesuffix(".onnx")
+    tag = f"{base}_{cfg.precision}" + ("_ort" if cfg.backend == "ort" else "")
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".quantize-") as tmp_s:
+        tmp = Path(tmp_s)
+        step("exporting the float model")
+        (float_res,) = export_onnx(ckpt, tmp, ExportConfig(resolutions=(res,)))
+        qdq = tmp / f"{tag}.qdq.onnx"
+        aimet_dir = None
+        sim_q = None
+        qdq_vs_sim = None
+        promoted: list[str] = []
+        sens: list[LayerSensitivity] = []
+        n_act = 0
+        if cfg.backend == "aimet":
+            from . import quant_aimet
+
+            flow = quant_aimet.run(model, xc, xe, ref, cfg, device, step)
+            step("exporting QDQ ONNX and the .aimet folder")
+            flow.export(qdq, tmp / f"{tag}.aimet", INPUT_NAME, output_name(ckpt))
+            aimet_dir = tmp / f"{tag}.aimet"
+            promoted, sens, n_act = flow.promoted, flow.sensitivity, flow.num_activation_quantizers
+            sim_out = flow.sim_outputs
+            sim_q = quality(ref, sim_out, classifier)
+        else:
+            from .quant_ort import quantize_ort
+
+            step("onnxruntime.quantization (QNN QDQ config)")
+            quantize_ort(str(float_res.path), str(qdq), xc, INPUT_NAME,
+                         16 if cfg.precision == "w8a16" else 8, 1)
+        _set_metadata(qdq, _metadata(float_res.path, cfg.precision, cfg.backend, device, promoted,
+                                     calib_set.source))
+        step("evaluating the QDQ ONNX on the CPU")
+        q_out = _run_onnx(qdq, xe, 1, reference_kernels=True)
+        q = quality(ref, q_out, classifier)
+        if sim_q is not None:
+            qdq_vs_sim = sqnr_db(sim_out, q_out)
+            close = qdq_vs_sim >= sim_q.sqnr_db + QDQ_VS_SIM_MARGIN_DB
+            as_good = abs(q.sqnr_db - sim_q.sqnr_db) <= QDQ_VS_SIM_QUALITY_DB
+            if not (close or (cfg.precision != "w8a16" and as_good)):
+                raise ExportValidationError(
+                    str(qdq), [f"QDQ ONNX does not reproduce the AIMET simulation: SQNR vs "
+                               f"simulation {qdq_vs_sim:.1f} dB, vs float {q.sqnr_db:.1f} dB "
+                               f"(simulation vs float {sim_q.sqnr_db:.1f} dB)"],
+                    float(np.abs(sim_out - q_out).max()))
+
+        final = {
+            "float_onnx": out_dir / float_res.path.name,
+            "qdq_onnx": out_dir / qdq.name,
+            "aimet_dir": out_dir / f"{tag}.aimet" if aimet_dir else None,
+            "report_json": out_dir / f"{tag}.quant.json",
+            "layers_csv": out_dir / f"{tag}.layers.csv",
+        }
+        sizes = {"float_onnx": float_res.path.stat().st_size, "qdq_onnx": qdq.stat().st_size}
+        if aimet_dir:
+            sizes["aimet_dir"] = sum(p.stat().st_size for p in aimet_dir.iterdir())
+        result = QuantizeResult(
+            qdq_onnx=final["qdq_onnx"], float_onnx=final["float_onnx"],
+            report_json=final["report_json"], layers_csv=final["layers_csv"],
+            aimet_dir=final["aimet_dir"], precision=cfg.precision, backend=cfg.backend,
+            device=device.name, hexagon=device.hexagon, resolution=res, quality=q,
+            sim_quality=sim_q, qdq_vs_sim_sqnr_db=qdq_vs_sim, promoted=promoted,
+            num_activation_quantizers=n_act, sensitivity=sens, calib_source=calib_set.source,
+            eval_source=eval_set.source, num_calib=cfg.num_calib, sizes_bytes=sizes,
+            seconds=0.0, notices=notices,
+        )
+        _write_csv(tmp / "layers.csv", sens, promoted)
+        # Move into place: big artifacts first, the report last (its presence means "complete").
+        shutil.move(str(float_res.path), final["float_onnx"])
+        shutil.move(str(qdq), final["qdq_onnx"])
+        if aimet_dir:
+            if final["aimet_dir"].exists():
+                shutil.rmtree(final["aimet_dir"])
+            shutil.move(str(aimet_dir), final["aimet_dir"])
+        shutil.move(str(tmp / "layers.csv"), final["layers_csv"])
+        result.seconds = time.perf_counter() - t0
+        report = tmp / "report.json"
+        report.write_text(json.dumps(result.to_json(), indent=2, default=_json_default) + "\n")
+        shutil.move(str(report), final["report_json"])
+    return result
+
+
+def _json_default(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return str(o)
+
+
+def _write_csv(path: Path, sens: list[LayerSensitivity], promoted: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["layer", "activation_bitwidth", "sqnr_alone_db", "noise_share", "promoted"])
+        for s in sens:
+            w.writerow([s.layer, s.bitwidth, f"{s.sqnr_alone_db:.3f}", f"{s.noise_share:.5f}",
+                        int(s.layer in promoted)])

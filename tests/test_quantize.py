@@ -1,0 +1,206 @@
+"""Quantization: both backends on small models, QDQ vs simulation, 384, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from skipat_deploy import api, calibration, equalize, gptq
+from skipat_deploy.cli import app
+from skipat_deploy.errors import UserError
+from skipat_deploy.export import read_metadata
+from skipat_deploy.preprocess import Preprocess
+from skipat_deploy.models.config import VIT, ArchConfig
+from skipat_deploy.models.registry import build_model
+
+from .conftest import random_state_dict
+
+FAST = dict(num_calib=8, num_eval=4)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder of real photos (the bundled ones) plus a file that is not an image."""
+    d = tmp_path_factory.mktemp("calib")
+    calib, _ = calibration.bundled_photos()
+    for i, p in enumerate(calib.paths[:6]):
+        sub = d / ("a" if i % 2 else "b")
+        sub.mkdir(exist_ok=True)
+        Image.open(p).convert("RGB").save(sub / f"{p.stem}.jpg")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def _q_types(path) -> Counter:
+    m = onnx.load(str(path))
+    init = {i.name: i for i in m.graph.initializer}
+    return Counter(onnx.TensorProto.DataType.Name(init[n.input[2]].data_type)
+                   for n in m.graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in init)
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_aimet_w8a16_artifacts_and_report(tmp_path, nano_ckpts, photos):
+    r = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path, precision="w8a16",
+                     calib_dir=photos, **FAST)
+    assert _files(tmp_path) == sorted([
+        "vit_nano_patch16_224.onnx", "vit_nano_patch16_224_w8a16.qdq.onnx",
+        "vit_nano_patch16_224_w8a16.aimet/model.onnx",
+        "vit_nano_patch16_224_w8a16.aimet/model.encodings",
+        "vit_nano_patch16_224_w8a16.quant.json", "vit_nano_patch16_224_w8a16.layers.csv"])
+    enc = json.loads((r.aimet_dir / "model.encodings").read_text())
+    assert enc["version"] == "2.0.0" and enc["encodings"]
+    ops = {n.op_type for n in onnx.load(str(r.qdq_onnx)).graph.node}
+    assert "Gelu" in ops and "Erf" not in ops
+    types = _q_types(r.qdq_onnx)
+    assert types["UINT16"] > types["UINT8"] > 0  # 16-bit activations; 8-bit k / v (v69)
+    # the QDQ model reproduces the simulation far below the quantization noise
+    assert r.qdq_vs_sim_sqnr_db >= r.sim_quality.sqnr_db + 10
+    assert r.quality.sqnr_db > 25 and r.quality.top1_agreement is not None
+    assert r.notices and "skipped 1 files" in r.notices[0]
+    assert "held-out" in r.eval_source
+    report = json.loads(r.report_json.read_text())
+    assert report["quality"]["sqnr_db"] == pytest.approx(r.quality.sqnr_db)
+    assert report["device"] == "Galaxy S22" and report["hexagon"] == "v69"
+    meta = read_metadata(r.qdq_onnx)
+    assert meta["quantization"]["precision"] == "w8a16" and meta["resolution"] == 224
+    assert len(r.sensitivity) == r.num_activation_quantizers
+    assert abs(sum(s.noise_share for s in r.sensitivity) - 1) < 1e-6
+
+
+def test_aimet_mixed_promotes_at_most_a_quarter_skipat(tmp_path, nano_ckpts, photos):
+    r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, precision="mixed",
+                     calib_dir=photos, **FAST)
+    assert 0 < len(r.promoted) <= r.num_activation_quantizers // 4
+    top = {s.layer for s in r.sensitivity[: len(r.promoted)]}
+    assert set(r.promoted) == top
+    rows = (tmp_path / "skipat_nano_patch16_224_mixed.layers.csv").read_text().splitlines()
+    promoted_rows = [row for row in rows[1:] if row.endswith(",1")]
+    assert len(promoted_rows) == len(r.promoted)
+    assert all(row.split(",")[1] == "16" for row in promoted_rows)
+    assert _q_types(r.qdq_onnx)["UINT16"] > 0
+    assert read_metadata(r.qdq_onnx)["quantization"]["activations_16bit"] == r.promoted
+
+
+def test_ort_backend_and_384(tmp_path, nano_ckpts, photos):
+    r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, resolution=384,
+                     precision="w8a8", backend="ort", calib_dir=photos, **FAST)
+    assert r.aimet_dir is None and r.sim_quality is None
+    assert r.qdq_onnx.name == "skipat_nano_patch16_384_w8a8_ort.qdq.onnx"
+    m = onnx.load(str(r.qdq_onnx))
+    assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 384, 384]
+    assert _q_types(r.qdq_onnx)["UINT8"] > 0 and not _q_types(r.qdq_onnx)["UINT16"]
+    assert np.isfinite(r.quality.sqnr_db)
+
+
+def test_qdq_model_runs_through_predict(tmp_path, nano_ckpts, photos):
+    r = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path, precision="w8a8", backend="ort",
+                     calib_dir=photos, **FAST)
+    img = next(photos.rglob("*.jpg"))
+    (p,) = api.predict(r.qdq_onnx, [img], top_k=2)
+    assert len(p.top) == 2
+
+
+def test_default_calibration_uses_bundled_photos(tmp_path, nano_ckpts):
+    r = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path, precision="w8a8", backend="ort", **FAST)
+    assert "bundled photos (scikit-image)" in r.calib_source
+    assert "scikit-learn" in r.eval_source
+    assert any("no --calib" in n for n in r.notices)
+
+
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(precision="w4a8"), "unknown precision 'w4a8'"),
+        (dict(backend="tflite"), "unknown backend"),
+        (dict(device="Pixel 8"), "unknown device 'Pixel 8'"),
+        (dict(precision="mixed", backend="ort"), "need --backend aimet"),
+        (dict(resolution=225), "not a positive multiple of the patch size 16"),
+        (dict(num_calib=0), "at least 1"),
+    ],
+)
+def test_bad_options(tmp_path, nano_ckpts, kwargs, msg):
+    with pytest.raises(UserError, match=msg):
+        api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+
+
+@pytest.mark.parametrize("content", ["empty", "no_images"])
+def test_calib_folder_without_images_is_one_line(tmp_path, nano_ckpts, content):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    if content == "no_images":
+        (calib / "readme.md").write_text("x")
+        (calib / "sub").mkdir()
+        (calib / "sub" / "data.npy").write_bytes(b"0")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["quantize", "--ckpt", str(nano_ckpts["vit_nano_patch16"]),
+                                 "--calib", str(calib), "--out", str(out)])
+    assert r.exit_code == 2
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "holds no .jpg or .png images" in lines[0]
+    assert not out.exists() or not any(out.rglob("*.onnx"))
+
+
+def test_cli_quantize_json(tmp_path, nano_ckpts, photos):
+    r = CliRunner().invoke(app, ["quantize", "--ckpt", str(nano_ckpts["vit_nano_patch16"]),
+                                 "--calib", str(photos), "--num-calib", "8", "--num-eval", "4",
+                                 "--precision", "w8a8", "--backend", "ort", "--out",
+                                 str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    kinds = {a["kind"] for a in doc["artifacts"]}
+    assert kinds == {"float_onnx", "qdq_onnx", "quality_report", "layer_csv"}
+    assert r.stdout.lstrip().startswith("{")  # nothing but the document on stdout
+    names = {m["name"] for m in doc["measurements"]}
+    assert {"sqnr_vs_float", "cosine_vs_float_mean", "top1_agreement", "quantize_seconds"} <= names
+
+
+def test_calibration_split_is_disjoint_and_recursive(photos):
+    found = calibration.find_images(photos)
+    assert len(found.paths) == 6 and [p.name for p in found.skipped] == ["notes.txt"]
+    cal, ev = calibration.split(found)
+    assert set(cal.paths).isdisjoint(ev.paths) and len(cal.paths) + len(ev.paths) == 6
+    x = calibration.image_batch(cal, 224, Preprocess(), 10)
+    assert x.shape == (10, 3, 224, 224) and x.dtype == np.float32
+
+
+def test_weight_transforms_keep_the_function():
+    arch = ArchConfig(VIT, 64, 3, 1, num_classes=10, layer_scale=True)
+    model = build_model(arch)
+    model.load_state_dict(random_state_dict(arch, seed=2))
+    x = torch.randn(4, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x)
+        equalize.fold_layer_scale(model)
+        equalize.fold_norm_affine(model, alpha=0.5)
+        equalize.equalize_attention(model, x)
+        assert torch.allclose(model(x), ref, atol=1e-4)
+    assert not any("gamma" in k for k in model.state_dict())
+
+
+def test_gptq_beats_round_to_nearest():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    x = torch.randn(512, 64) @ torch.randn(64, 64)  # correlated inputs
+    model = torch.nn.Sequential(lin)
+    w = lin.weight.detach().clone()
+    scale = w.abs().amax(1, keepdim=True) / 127
+    rtn = torch.clamp(torch.round(w / scale), -128, 127) * scale
+    scales = gptq.gptq_linears(model, x)
+    q = lin.weight.detach()
+    assert torch.allclose(scales["0"], scale, rtol=1e-5)
+    k = q / scales["0"]
+    assert torch.allclose(k, k.round(), atol=1e-3)  # on the grid
+    err = lambda wq: ((x @ (w - wq).T) ** 2).mean()  # noqa: E731
+    assert err(q) < 0.7 * err(rtn)
