@@ -76,7 +76,7 @@ def state_dict() -> dict[str, torch.Tensor]:
             sd[t + f"mlp.{fc}.bias"] = init[hf + f"mlp.{fc}.bias"]
     sd["norm.weight"] = init["backbone.layernorm.weight"]
     sd["norm.bias"] = init["backbone.layernorm.bias"]
-    return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in sd.items()}
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for k, v in sd.items()}
 
 
 if __name__ == "__main__":

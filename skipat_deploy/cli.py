@@ -250,6 +250,7 @@ def quantize(
         if r.sim_quality is not None:
             t.add_row("AIMET simulation SQNR vs float", f"{r.sim_quality.sqnr_db:.2f} dB")
             t.add_row("QDQ ONNX vs simulation SQNR", f"{r.qdq_vs_sim_sqnr_db:.2f} dB")
+            t.add_row("simulation, weights quantized only", f"{r.weights_only_sqnr_db:.2f} dB")
         t.add_row("evaluated on", f"{q.num_images} samples from {r.eval_source}")
         t.add_row("calibrated on", f"{r.num_calib} samples from {r.calib_source}")
         t.add_row("16-bit activation layers", f"{len(r.promoted)} of {r.num_activation_quantizers}"

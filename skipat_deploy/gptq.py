@@ -13,25 +13,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .equalize import run_with_hooks
+
 
 @torch.no_grad()
 def _hessians(model: nn.Module, calib: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
     mods = dict(model.named_modules())
     hs: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    hooks = []
-    for n in names:
-        def hook(mod, inp, n=n):
+
+    def hook(n):
+        def accumulate(mod, inp):
             x = inp[0].reshape(-1, inp[0].shape[-1]).double()
             hs[n] = hs.get(n, 0) + x.T @ x
             counts[n] = counts.get(n, 0) + x.shape[0]
-        hooks.append(mods[n].register_forward_pre_hook(hook))
-    try:
-        for x in calib.split(8):
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+        return accumulate
+
+    run_with_hooks(model, calib, [(mods[n], hook(n)) for n in names], pre=True)
     return {n: hs[n] / counts[n] for n in hs}
 
 

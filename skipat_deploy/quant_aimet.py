@@ -176,8 +176,16 @@ def build_sim(model: nn.Module, dummy: torch.Tensor, plan: SimPlan, config_file:
         target = 16 if promoted else 8
         if q.bitwidth != target or (q.symmetric and target == 16):
             q.bitwidth, q.symmetric = target, False
-    bw = {n: _out_bw(m) for n, m in mods.items()}
     custom = _aimet()
+    # AIMET ties a Concat's output quantizer to its producers' (one encoding for all), but
+    # calibrates it at one call site only: SkipAt's cat(cls, Φ(x)) then clips the class token to
+    # Φ's range. Each Concat gets a quantizer of its own.
+    for name, m in mods.items():
+        if isinstance(m, custom.Concat) and m.output_quantizers[0] is not None:
+            q = m.output_quantizers[0]
+            if len(owners[id(q)]) > 1:
+                m.output_quantizers[0] = _qdq(q.bitwidth, False)
+    bw = {n: _out_bw(m) for n, m in mods.items()}
     for name, srcs in sources.items():
         m = mods.get(name)
         if m is None or not hasattr(m, "input_quantizers"):
@@ -199,6 +207,10 @@ def build_sim(model: nn.Module, dummy: torch.Tensor, plan: SimPlan, config_file:
                     m.input_quantizers[i] = _qdq(8 if gamma else own, gamma)
             elif src.kind == "module" and bw.get(src.name) not in (None, own):
                 m.input_quantizers[i] = _qdq(own, False)
+            elif src.kind == "input":  # the model input: quantized at its consumer's bitwidth
+                q = m.input_quantizers[i]
+                if q is None or q.bitwidth != own:
+                    m.input_quantizers[i] = _qdq(own, False)
     return sim
 
 
@@ -312,6 +324,7 @@ class AimetOutcome:
     sensitivity: list
     num_activation_quantizers: int
     sim_outputs: np.ndarray
+    weights_only_sqnr_db: float
 
     def export(self, qdq_path, aimet_dir, input_name: str, output_name: str) -> None:
         export_qdq(self.sim, self.dummy, str(qdq_path), input_name, output_name)
@@ -341,9 +354,11 @@ def isolated_sensitivity(sim, x: torch.Tensor, ref: np.ndarray, step=lambda s: N
     return weights_only, rows
 
 
-def noise_share(rows) -> dict[str, float]:
-    """Fraction of the summed activation noise power each layer contributes."""
-    power = {n: 10 ** (-s / 10) for n, _, s in rows}
+def noise_share(rows, weights_only_db: float) -> dict[str, float]:
+    """Fraction of the summed activation noise power each layer contributes (noise relative to
+    the output power, less the weights' own noise that every measurement includes)."""
+    floor = 10 ** (-weights_only_db / 10)
+    power = {n: max(10 ** (-s / 10) - floor, 0.0) for n, _, s in rows}
     total = sum(power.values()) or 1.0
     return {n: p / total for n, p in power.items()}
 
@@ -425,8 +440,8 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
         sim = make(SimPlan(act_bw, htp_arch=device.htp_arch))
         n_act = len(activation_modules(sim))
         xs, rs = xe[:SENSITIVITY_SAMPLES], ref[:SENSITIVITY_SAMPLES]
-        _, rows = isolated_sensitivity(sim, xs, rs, step)
-        share = noise_share(rows)
+        weights_only_db, rows = isolated_sensitivity(sim, xs, rs, step)
+        share = noise_share(rows, weights_only_db)
         rows.sort(key=lambda r: -share[r[0]])
         promoted: list[str] = []
         if cfg.precision == "mixed":
@@ -442,4 +457,4 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
     sens = [LayerSensitivity(n, bits.get(n) or b, s, share[n]) for n, b, s in rows]
     with torch.no_grad():
         outs = np.concatenate([sim.model(b).numpy() for b in xe.split(CALIB_BATCH)])
-    return AimetOutcome(sim, dummy, promoted, sens, n_act, outs)
+    return AimetOutcome(sim, dummy, promoted, sens, n_act, outs, weights_only_db)

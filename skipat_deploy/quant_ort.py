@@ -7,11 +7,25 @@ calibration on the same images.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 
 def quantize_ort(float_onnx: str, out_path: str, calib: np.ndarray, input_name: str,
                  activation_bw: int, batch_size: int) -> None:
+    # onnxruntime.quantization warns through the root logger about every LayerNorm weight it
+    # does not quantize per-channel; the report says what matters.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        _quantize(float_onnx, out_path, calib, input_name, activation_bw, batch_size)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(float_onnx, out_path, calib, input_name, activation_bw, batch_size) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 

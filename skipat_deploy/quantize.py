@@ -114,6 +114,7 @@ class QuantizeResult:
     quality: Quality  # the QDQ ONNX on ONNX Runtime CPU vs float PyTorch
     sim_quality: Quality | None  # the AIMET simulation vs float
     qdq_vs_sim_sqnr_db: float | None
+    weights_only_sqnr_db: float | None  # simulation with only the weights quantized
     promoted: list[str]
     num_activation_quantizers: int
     sensitivity: list[LayerSensitivity]
@@ -223,6 +224,7 @@ def quantize(
         aimet_dir = None
         sim_q = None
         qdq_vs_sim = None
+        weights_only = None
         promoted: list[str] = []
         sens: list[LayerSensitivity] = []
         n_act = 0
@@ -235,6 +237,7 @@ def quantize(
             aimet_dir = tmp / f"{tag}.aimet"
             promoted, sens, n_act = flow.promoted, flow.sensitivity, flow.num_activation_quantizers
             sim_out = flow.sim_outputs
+            weights_only = flow.weights_only_sqnr_db
             sim_q = quality(ref, sim_out, classifier)
         else:
             from .quant_ort import quantize_ort
@@ -273,7 +276,8 @@ def quantize(
             report_json=final["report_json"], layers_csv=final["layers_csv"],
             aimet_dir=final["aimet_dir"], precision=cfg.precision, backend=cfg.backend,
             device=device.name, hexagon=device.hexagon, resolution=res, quality=q,
-            sim_quality=sim_q, qdq_vs_sim_sqnr_db=qdq_vs_sim, promoted=promoted,
+            sim_quality=sim_q, qdq_vs_sim_sqnr_db=qdq_vs_sim, weights_only_sqnr_db=weights_only,
+            promoted=promoted,
             num_activation_quantizers=n_act, sensitivity=sens, calib_source=calib_set.source,
             eval_source=eval_set.source, num_calib=cfg.num_calib, sizes_bytes=sizes,
             seconds=0.0, notices=notices,

@@ -92,6 +92,20 @@ def test_aimet_mixed_promotes_at_most_a_quarter_skipat(tmp_path, nano_ckpts, pho
     assert read_metadata(r.qdq_onnx)["quantization"]["activations_16bit"] == r.promoted
 
 
+@pytest.mark.parametrize("precision", ["w8a16", "mixed"])
+def test_qdq_runs_entirely_on_the_htp_backend(tmp_path, nano_ckpts, photos, precision):
+    """Every node placed on the NPU (CPU fallback off), on the x86-64 HTP simulator."""
+    pytest.importorskip("onnxruntime_qnn")
+    from skipat_deploy.devices import resolve_device
+    from skipat_deploy.qnn import htp_session
+
+    r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, precision=precision,
+                     calib_dir=photos, **FAST)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    y = htp_session(r.qdq_onnx, resolve_device("Galaxy S22")).run(None, {"image": x})[0]
+    assert y.shape == (1, 1000) and np.isfinite(y).all()
+
+
 def test_ort_backend_and_384(tmp_path, nano_ckpts, photos):
     r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, resolution=384,
                      precision="w8a8", backend="ort", calib_dir=photos, **FAST)
