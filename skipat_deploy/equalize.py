@@ -74,33 +74,6 @@ def fold_norm_affine(model: nn.Module, alpha: float = 1.0) -> nn.Module:
 
 
 @torch.no_grad()
-def equalize_norm_outputs(model: nn.Module, calib: torch.Tensor, alpha: float = 0.5) -> nn.Module:
-    """Per-channel range equalization of LayerNorm outputs (RepQ-ViT's reparameterization,
-    Li et al., ICCV 2023): channel c of norm1 / norm2 is divided by s_c = (r_c / mean r)^alpha,
-    with r_c its range on ``calib``, and the Linear after it takes s_c into its input column."""
-    pairs = [(blk.norm1, blk.attn.qkv) for blk in _blocks(model)]
-    pairs += [(blk.norm2, blk.mlp.fc1) for blk in _blocks(model)]
-    ranges: dict[int, torch.Tensor] = {}
-
-    def hook(i):
-        def record(mod, inp, out):
-            r = out.detach().abs().amax(dim=tuple(range(out.ndim - 1)))
-            ranges[i] = r if i not in ranges else torch.maximum(ranges[i], r)
-        return record
-
-    run_with_hooks(model, calib, [(norm, hook(i)) for i, (norm, _) in enumerate(pairs)])
-    for i, (norm, linear) in enumerate(pairs):
-        if i not in ranges:  # norm1 of skipped SkipAt blocks never runs
-            continue
-        r = ranges[i].clamp_min(1e-6)
-        s = (r / r.mean()) ** alpha
-        norm.weight.div_(s)
-        norm.bias.div_(s)
-        linear.weight.mul_(s[None, :])
-    return model
-
-
-@torch.no_grad()
 def equalize_attention(model: nn.Module, calib: torch.Tensor, alpha: float = 0.5) -> nn.Module:
     """Rescale q/k and v/proj channels from ranges seen on ``calib``: k_c *= s_c, q_c /= s_c with
     s_c = sqrt(max|q_c| / max|k_c|); v_c *= t_c, proj[:, c] /= t_c with t_c = (max_c' r / r_c)^alpha."""

@@ -106,6 +106,12 @@ def test_qdq_runs_entirely_on_the_htp_backend(tmp_path, nano_ckpts, photos, prec
     assert y.shape == (1, 1000) and np.isfinite(y).all()
 
 
+def test_qat_fine_tune_runs(tmp_path, nano_ckpts, photos):
+    r = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path, precision="w8a8", qat_steps=2,
+                     calib_dir=photos, **FAST)
+    assert np.isfinite(r.quality.sqnr_db) and r.qdq_onnx.is_file()
+
+
 def test_ort_backend_and_384(tmp_path, nano_ckpts, photos):
     r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, resolution=384,
                      precision="w8a8", backend="ort", calib_dir=photos, **FAST)
