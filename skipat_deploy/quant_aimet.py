@@ -19,7 +19,7 @@ import copy
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +28,6 @@ import torch.fx
 from torch import nn
 
 from .models import layers as L
-
-log = logging.getLogger(__name__)
 
 _registered = False
 
@@ -249,43 +247,6 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
     noise = np.sum((ref - test) ** 2)
     return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref**2) / noise))
-
-
-def promotion_sensitivity(
-    sim8, sim16, x: torch.Tensor, ref: np.ndarray, step: Callable[[str], None] = lambda s: None
-) -> list[tuple[str, float, float]]:
-    """Per layer: (name, SQNR with this layer's activations at 16 bit in the 8-bit model,
-    gain over the 8-bit model). Borrows calibrated 16-bit quantizers; no recalibration."""
-    m8 = dict(sim8.model.named_modules())
-    m16 = dict(sim16.model.named_modules())
-
-    def score() -> float:
-        with torch.no_grad():
-            return sqnr_db(ref, sim8.model(x).numpy())
-
-    base = score()
-    rows = []
-    names = activation_modules(sim8)
-    for k, n in enumerate(names):
-        a, b = m8[n], m16.get(n)
-        if b is None:
-            continue
-        saved_in, saved_out = list(a.input_quantizers), list(a.output_quantizers)
-        for i, q in enumerate(b.output_quantizers):
-            if q is not None:
-                a.output_quantizers[i] = q
-        for i, q in enumerate(b.input_quantizers):
-            if q is not None and q.bitwidth == 16 and a.input_quantizers[i] is not None:
-                a.input_quantizers[i] = q
-        s = score()
-        for i, q in enumerate(saved_in):
-            a.input_quantizers[i] = q
-        for i, q in enumerate(saved_out):
-            a.output_quantizers[i] = q
-        rows.append((n, s, s - base))
-        if k % 16 == 0:
-            step(f"sensitivity {k + 1}/{len(names)}")
-    return rows
 
 
 def export_qdq(sim, dummy: torch.Tensor, path: str, input_name: str, output_name: str) -> None:
