@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -172,12 +171,10 @@ def _images(cfg: QuantizeConfig, notices: list[str]):
     return calib, evaluation
 
 
-def _metadata(float_onnx: Path, precision: str, backend: str, device, promoted: list[str],
+def _metadata(float_meta: dict, precision: str, backend: str, device, promoted: list[str],
               calib_source: str) -> str:
-    meta = {}
-    for p in onnx.load(str(float_onnx), load_external_data=False).metadata_props:
-        if p.key == METADATA_KEY:
-            meta = json.loads(p.value)
+    """The float export's metadata plus what the quantization did."""
+    meta = dict(float_meta)
     meta["quantization"] = dict(precision=precision, backend=backend, device=device.name,
                                 soc=device.soc, hexagon=device.hexagon,
                                 activations_16bit=promoted, calibration=calib_source)
@@ -245,7 +242,7 @@ def quantize(
             step("onnxruntime.quantization (QNN QDQ config)")
             quantize_ort(str(float_res.path), str(qdq), xc, INPUT_NAME,
                          16 if cfg.precision == "w8a16" else 8, 1)
-        _set_metadata(qdq, _metadata(float_res.path, cfg.precision, cfg.backend, device, promoted,
+        _set_metadata(qdq, _metadata(float_res.metadata, cfg.precision, cfg.backend, device, promoted,
                                      calib_set.source))
         step("evaluating the QDQ ONNX on the CPU")
         q_out = _run_onnx(qdq, xe, 1, reference_kernels=True)
@@ -293,15 +290,9 @@ def quantize(
         shutil.move(str(tmp / "layers.csv"), final["layers_csv"])
         result.seconds = time.perf_counter() - t0
         report = tmp / "report.json"
-        report.write_text(json.dumps(result.to_json(), indent=2, default=_json_default) + "\n")
+        report.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
         shutil.move(str(report), final["report_json"])
     return result
-
-
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return str(o)
 
 
 def _write_csv(path: Path, sens: list[LayerSensitivity], promoted: list[str]) -> None:
