@@ -16,7 +16,7 @@ from .predict import Prediction, predict
 
 DEFAULT_ARCH = "skipat_tiny_patch16"
 
-__all__ = ["export", "load", "predict", "quantize", "ExportResult", "Prediction", "DEFAULT_ARCH"]
+__all__ = ["compare", "compile", "export", "load", "predict", "profile", "quantize", "ExportResult", "Prediction", "DEFAULT_ARCH"]
 
 
 def load(
@@ -86,3 +86,142 @@ def quantize(
     cfg.check()
     loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
     return run_quantize(loaded, out_dir, cfg, step)
+
+
+def compile(
+    model: str | Path | None = None,
+    out_dir: str | Path = "export",
+    device: str = "Galaxy S22",
+    backend: str = "local",
+    target_runtime: str = "qnn_context_binary",
+    qairt_version: str | None = None,
+    num_check: int = 2,
+    ckpt: str | Path | None = None,
+    resolution: int = 224,
+    precision: str = "w8a16",
+    quant_backend: str = "aimet",
+    calib_dir: str | Path | None = None,
+    num_calib: int = 64,
+    arch: str | None = None,
+    skip_indices: tuple[int, ...] | None = None,
+    head_dim: int = 64,
+    allow_code_execution: bool = False,
+    step: Callable[[str], None] = lambda msg: None,
+):
+    """Compile ``model`` (a QDQ ONNX, or for AI Hub also a ``.aimet`` folder) for ``device``'s
+    NPU; without ``model``, export and quantize ``ckpt`` (None: freshly initialised ``arch``)
+    first. Returns a :class:`skipat_deploy.compile.CompileResult` (its ``quantized`` holds the
+    quantization result when that ran)."""
+    from .compile import CompileConfig, check_model, compile_local
+
+    cfg = CompileConfig(device=device, backend=backend, target_runtime=target_runtime,
+                        qairt_version=qairt_version, num_check=num_check)
+    cfg.check()
+    if backend == "hub":
+        from .hub import client_config
+
+        client_config()  # not configured: say so now, not after quantizing
+    quantized = None
+    if model is None:
+        quantized = quantize(ckpt, out_dir, resolution=resolution, precision=precision,
+                             backend=quant_backend, device=device, calib_dir=calib_dir,
+                             num_calib=num_calib, arch=arch, skip_indices=skip_indices,
+                             head_dim=head_dim, allow_code_execution=allow_code_execution,
+                             step=step)
+        model = quantized.qdq_onnx
+    else:
+        check_model(model, backend)
+    if backend == "hub":
+        from .hub import compile_hub
+
+        result = compile_hub(model, out_dir, cfg, step)
+    else:
+        result = compile_local(model, out_dir, cfg, step)
+    result.quantized = quantized
+    return result
+
+
+def profile(
+    model: str | Path | None = None,
+    out_dir: str | Path = "profiles/results",
+    device: str = "Galaxy S22",
+    backend: str = "auto",
+    ckpt: str | Path | None = None,
+    resolution: int = 224,
+    precision: str = "w8a8",
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int | None = None,
+    arch: str | None = None,
+    allow_code_execution: bool = False,
+    step: Callable[[str], None] = lambda msg: None,
+):
+    """Latency of one model. ``hub``: compile + a profiling inference job on the phone (a QDQ
+    ``model``, or ``ckpt`` quantized at ``precision`` first); ``cpu``: ONNX Runtime here (the
+    given ``model``, or the FP32 and INT8 exports of ``ckpt``); ``auto``: hub when configured.
+    Returns a :class:`skipat_deploy.profile.ProfileOutcome`."""
+    from .compare import resolve_backend
+    from .compile import CompileConfig, check_model
+    from .devices import resolve_device
+    from .profile import ProfileOutcome, fp32_and_int8, profile_cpu_models, profile_hub
+
+    dev = resolve_device(device)
+    notices: list[str] = []
+    backend = resolve_backend(backend, notices)
+    out = ProfileOutcome(backend, dev.name, notices=notices)
+    if backend == "cpu":
+        if model is not None:
+            models = [Path(model)]
+        else:
+            from .export import check_resolution
+
+            loaded = load(ckpt, arch, allow_code_execution=allow_code_execution)
+            check_resolution(resolution, loaded.arch.patch_size)
+            models = fp32_and_int8(loaded, resolution, precision, Path(out_dir), step)
+        step(f"timing on the CPU ({runs} runs)")
+        out.cpu = profile_cpu_models(models, runs, warmup, threads)
+        return out
+    if model is None:
+        q = quantize(ckpt, out_dir, resolution=resolution, precision=precision, device=device,
+                     arch=arch, allow_code_execution=allow_code_execution, step=step)
+        out.notices.extend(q.notices)
+        model = q.qdq_onnx
+    else:
+        check_model(model, "hub")
+    out.compiled, out.hub = profile_hub(model, out_dir, CompileConfig(device=device, backend="hub"), step)
+    out.notices.extend(out.hub.notices)
+    return out
+
+
+def compare(
+    vit: str | Path | None = None,
+    skipat: str | Path | None = None,
+    out_dir: str | Path = "profiles/results",
+    resolutions: tuple[int, ...] = (224, 384),
+    device: str = "Galaxy S22",
+    backend: str = "auto",
+    precision: str = "w8a8",
+    quant_backend: str = "aimet",
+    runs: int = 30,
+    warmup: int = 5,
+    threads: int | None = None,
+    allow_code_execution: bool = False,
+    step: Callable[[str], None] = lambda msg: None,
+):
+    """ViT-T vs SkipAt at every resolution; without checkpoints, freshly initialised official
+    architectures (latency does not depend on weight values). Returns a
+    :class:`skipat_deploy.compare.CompareResult`."""
+    from .compare import DEFAULT_ARCHS, CompareConfig, compare as run_compare
+
+    ckpts = {}
+    for fam, path in (("vit", vit), ("skipat", skipat)):
+        ckpts[fam] = load(path, None if path else DEFAULT_ARCHS[fam],
+                          allow_code_execution=allow_code_execution)
+        if ckpts[fam].arch.family != fam:
+            from .errors import ArchitectureError
+
+            raise ArchitectureError(f"--{fam} {path} holds a {ckpts[fam].arch.family} model, not {fam}")
+    cfg = CompareConfig(resolutions=tuple(resolutions), device=device, backend=backend,
+                        precision=precision, quant_backend=quant_backend, runs=runs,
+                        warmup=warmup, threads=threads)
+    return run_compare(ckpts, out_dir, cfg, step)

@@ -32,6 +32,7 @@ CkptOpt = Annotated[Optional[Path], typer.Option("--ckpt", help="Checkpoint (.pt
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Registered architecture to use instead of the inferred one (`skipat-deploy models`).")]
 SkipOpt = Annotated[Optional[str], typer.Option("--skip-indices", help="SkipAt blocks replaced by Φ, 0-based, e.g. 3,4,5,6,7,8.")]
 HeadDimOpt = Annotated[int, typer.Option("--head-dim", help="Attention head dim (heads are not stored in weights).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Target phone, by name or alias (`skipat-deploy devices`).")]
 UnsafeOpt = Annotated[bool, typer.Option("--allow-code-execution", help="Unpickle with arbitrary code execution (only for checkpoints you trust).")]
 
 
@@ -196,7 +197,7 @@ def quantize(
     num_eval: Annotated[int, typer.Option(help="Evaluation samples.")] = 16,
     precision: Annotated[str, typer.Option(help="w8a8, w8a16 or mixed (8-bit activations, the most sensitive layers 16-bit).")] = "w8a16",
     backend: Annotated[str, typer.Option(help="aimet (default) or ort (onnxruntime.quantization, QNN config).")] = "aimet",
-    device: Annotated[str, typer.Option(help="Target phone (`skipat-deploy devices`).")] = "Galaxy S22",
+    device: DeviceOpt = "Galaxy S22",
     adaround: Annotated[bool, typer.Option("--adaround", help="AdaRound the weights (AIMET).")] = False,
     qat_steps: Annotated[int, typer.Option(help="Distillation fine-tune steps of the simulation on the calibration images.")] = 0,
     out: OutOpt = Path("export"),
@@ -259,6 +260,211 @@ def quantize(
         t.add_row("most sensitive layers (share of activation noise)", ", ".join(f"{s.layer} {s.noise_share:.0%}" for s in r.sensitivity[:5]) or "-")
         t.add_row("time", f"{r.seconds:.0f} s")
         Console().print(t)
+
+    guarded(run, body)
+
+
+@app.command(name="compile")
+def compile_(
+    model: Annotated[Optional[Path], typer.Option("--model", help="QDQ ONNX from `skipat-deploy quantize` (for --backend hub also a .aimet folder).")] = None,
+    ckpt: CkptOpt = None,
+    device: DeviceOpt = "Galaxy S22",
+    backend: Annotated[str, typer.Option(help="local (offline, onnxruntime-qnn) or hub (Qualcomm AI Hub).")] = "local",
+    target_runtime: Annotated[str, typer.Option(help="AI Hub target: qnn_context_binary, precompiled_qnn_onnx, onnx or tflite.")] = "qnn_context_binary",
+    qairt_version: Annotated[Optional[str], typer.Option(help="Pin AI Hub's QAIRT compiler version, e.g. 2.40.")] = None,
+    num_check: Annotated[int, typer.Option(help="Samples run on the HTP simulator and compared with the CPU QDQ model (local).")] = 2,
+    resolution: Annotated[int, typer.Option(help="With --ckpt: input size in px.")] = 224,
+    precision: Annotated[str, typer.Option(help="With --ckpt: w8a8, w8a16 or mixed.")] = "w8a16",
+    quant_backend: Annotated[str, typer.Option(help="With --ckpt: aimet or ort.")] = "aimet",
+    calib: Annotated[Optional[Path], typer.Option(help="With --ckpt: calibration image folder (default: bundled photos).")] = None,
+    num_calib: Annotated[int, typer.Option(help="With --ckpt: calibration samples.")] = 64,
+    out: OutOpt = Path("export"),
+    arch: ArchOpt = None,
+    skip_indices: SkipOpt = None,
+    head_dim: HeadDimOpt = 64,
+    allow_code_execution: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Compile for the phone's NPU: a QNN context binary (.bin) for its SoC, checked on the HTP
+    simulator (local) or built by Qualcomm AI Hub (hub). With --ckpt, export and quantize first."""
+    from . import api
+
+    run = Run("compile", as_json, debug)
+
+    def body():
+        if model is not None and ckpt is not None:
+            raise UserError("give --model (a quantized ONNX) or --ckpt, not both")
+        if model is None:
+            _notice_fresh(run, ckpt, arch, "compiling")
+        with run.progress(total=50) as step:
+            r = api.compile(
+                model, out, device=device, backend=backend, target_runtime=target_runtime,
+                qairt_version=qairt_version, num_check=num_check, ckpt=ckpt,
+                resolution=resolution, precision=precision, quant_backend=quant_backend,
+                calib_dir=calib, num_calib=num_calib, arch=arch,
+                skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
+                allow_code_execution=allow_code_execution, step=step,
+            )
+        q = r.quantized
+        for n in (q.notices if q else []) + r.notices:
+            run.notice(n)
+        if q is not None:
+            run.artifacts.append(dict(kind="qdq_onnx", path=str(q.qdq_onnx)))
+            run.artifacts.append(dict(kind="quality_report", path=str(q.report_json)))
+            run.measure("sqnr_vs_float", q.quality.sqnr_db, "dB", "cpu (onnxruntime, QDQ)", str(q.qdq_onnx))
+        for kind, path in r.artifacts.items():
+            run.artifacts.append(_artifact(kind, path))
+        run.artifacts.append(dict(kind="compile_record", path=str(r.record)))
+        if r.check is not None:
+            c = r.check
+            run.measure("npu_vs_cpu_sqnr", c.sqnr_db, "dB", c.runs_on, str(r.artifacts.get("context_binary", r.model)))
+            if c.top1_agreement is not None:
+                run.measure("npu_vs_cpu_top1_agreement", c.top1_agreement, "", c.runs_on, str(r.model))
+        run.measure("compile_seconds", r.seconds, "s", r.backend, str(r.model))
+        run.results.append(r.to_json())
+        if as_json:
+            return
+        t = _table("measure", "value", title=f"{r.model.name} -> {r.device} ({r.soc}, Hexagon {r.hexagon}), {r.backend}")
+        for kind, path in r.artifacts.items():
+            t.add_row(kind, str(path))
+        for job in r.jobs:
+            t.add_row(f"AI Hub {job['kind']} job", f"{job['id']} {job['status']} {job['url']}")
+        if r.check is not None:
+            c = r.check
+            t.add_row("NPU vs CPU QDQ SQNR", f"{c.sqnr_db:.2f} dB ({c.runs_on}; {c.inputs})")
+            if c.top1_agreement is not None:
+                t.add_row("NPU vs CPU top-1 agreement", f"{c.top1_agreement:.0%}")
+        t.add_row("versions", ", ".join(f"{k} {v}" for k, v in r.versions.items()))
+        t.add_row("time", f"{r.seconds:.1f} s")
+        Console().print(t)
+
+    guarded(run, body)
+
+
+def _artifact(kind: str, path: Path) -> dict:
+    from .checkpoint import sha256_file
+
+    path = Path(path)
+    if path.is_file():
+        return dict(kind=kind, path=str(path), sha256=sha256_file(path), size_bytes=path.stat().st_size)
+    return dict(kind=kind, path=str(path))
+
+
+BackendAutoOpt = Annotated[str, typer.Option("--backend", help="hub (the phone's NPU via AI Hub), cpu (ONNX Runtime here) or auto (hub when AI Hub is configured).")]
+RunsOpt = Annotated[int, typer.Option("--runs", help="Timed CPU runs per model (after warm-up).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime CPU threads (default: the cores this process may use).")]
+
+
+@app.command()
+def profile(
+    model: Annotated[Optional[Path], typer.Option("--model", help="ONNX to profile (hub: a QDQ ONNX).")] = None,
+    ckpt: CkptOpt = None,
+    resolution: Annotated[int, typer.Option(help="With --ckpt: input size in px.")] = 224,
+    device: DeviceOpt = "Galaxy S22",
+    backend: BackendAutoOpt = "auto",
+    precision: Annotated[str, typer.Option(help="INT8 flavour: w8a8 (default), w8a16, mixed (hub).")] = "w8a8",
+    runs: RunsOpt = 50,
+    threads: ThreadsOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Results folder (run records, raw profiles).")] = Path("profiles/results"),
+    arch: ArchOpt = None,
+    allow_code_execution: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Latency of one model on the phone's NPU (AI Hub) or on this machine's CPU."""
+
+    from . import api
+
+    run = Run("profile", as_json, debug)
+
+    def body():
+        if model is not None and ckpt is not None:
+            raise UserError("give --model or --ckpt, not both")
+        if model is None:
+            _notice_fresh(run, ckpt, arch, "profiling")
+        with run.progress(total=30) as step:
+            r = api.profile(model, out, device=device, backend=backend, ckpt=ckpt,
+                            resolution=resolution, precision=precision, runs=runs,
+                            threads=threads, arch=arch,
+                            allow_code_execution=allow_code_execution, step=step)
+        for n in r.notices:
+            run.notice(n)
+        run.results.append(r.to_json())
+        t = _table("model", "where", "median ms", "p90 ms", "details",
+                   title=f"latency: {r.device}, {r.backend}")
+        for c in r.cpu:
+            where = f"CPU, ONNX Runtime {c.onnxruntime}, {c.threads} threads"
+            run.measure("cpu_latency_median", c.median_ms, "ms", where, c.model)
+            run.measure("cpu_latency_p90", c.p90_ms, "ms", where, c.model)
+            t.add_row(Path(c.model).name, where, f"{c.median_ms:.2f}", f"{c.p90_ms:.2f}", f"{c.runs} runs")
+        if r.hub is not None:
+            h = r.hub
+            where = f"{h.hub_device} NPU (AI Hub profile)"
+            run.measure("estimated_inference_time", h.estimated_inference_ms, "ms", where, str(h.model))
+            if h.first_load_ms is not None:
+                run.measure("first_load_time", h.first_load_ms, "ms", where, str(h.model))
+            if h.device_check is not None:
+                run.measure("device_vs_cpu_sqnr", h.device_check.sqnr_db, "dB", where, str(h.model))
+            run.artifacts.append(dict(kind="raw_profile", path=str(h.raw_profile)))
+            for kind, path in r.compiled.artifacts.items():
+                run.artifacts.append(_artifact(kind, path))
+            units = ", ".join(f"{u} {n}" for u, n in sorted(h.compute_units.items()))
+            mem = "-" if h.peak_memory_mb is None else f"{h.peak_memory_mb[0]:.1f}-{h.peak_memory_mb[1]:.1f} MB"
+            check = "-" if h.device_check is None else f"{h.device_check.sqnr_db:.1f} dB vs CPU"
+            t.add_row(h.model.name, where, f"{h.estimated_inference_ms:.2f}", "-",
+                      f"layers {units}; peak memory {mem}; first load {h.first_load_ms} ms; outputs {check}")
+        if not as_json:
+            Console().print(t)
+
+    guarded(run, body)
+
+
+@app.command()
+def compare(
+    vit: Annotated[Optional[Path], typer.Option("--vit", help="ViT checkpoint (default: freshly initialised ViT-T/16).")] = None,
+    skipat: Annotated[Optional[Path], typer.Option("--skipat", help="SkipAt checkpoint (default: freshly initialised SkipAt-T/16).")] = None,
+    resolution: Annotated[list[int], typer.Option(help="Input size in px (repeatable).")] = [224, 384],
+    device: DeviceOpt = "Galaxy S22",
+    backend: BackendAutoOpt = "auto",
+    precision: Annotated[str, typer.Option(help="INT8 flavour: w8a8 (default) or w8a16.")] = "w8a8",
+    runs: RunsOpt = 30,
+    threads: ThreadsOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Where compare.md / .json / .csv / .png go.")] = Path("profiles/results"),
+    allow_code_execution: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """ViT-T against SkipAt at 224 and 384: latency, ratio, speed-up (and the paper's S22 figures)."""
+
+    from . import api
+
+    run = Run("compare", as_json, debug)
+
+    def body():
+        for fam, path in (("ViT-T", vit), ("SkipAt-T", skipat)):
+            if path is None:
+                run.notice(f"no checkpoint for {fam}: using freshly initialised official "
+                           "architecture (latency does not depend on the weight values)")
+        with run.progress(total=8 * len(resolution) + 4) as step:
+            r = api.compare(vit, skipat, out, resolutions=tuple(resolution), device=device,
+                            backend=backend, precision=precision, runs=runs, threads=threads,
+                            allow_code_execution=allow_code_execution, step=step)
+        for n in r.notices:
+            run.notice(n)
+        for kind, path in r.files.items():
+            run.artifacts.append(dict(kind=f"compare_{kind}", path=str(path)))
+        for row in r.rows:
+            subject = f"{row.arch}@{row.resolution}"
+            run.measure("latency_median" if r.backend == "cpu" else "estimated_inference_time",
+                        row.latency_ms, "ms", row.measured_on, subject)
+            if row.model == "skipat":
+                run.measure("skipat_vit_ratio", row.ratio_vs_vit, "", row.measured_on, subject)
+        run.results.append(r.to_json())
+        if not as_json:
+            from .compare import markdown
+
+            Console().print(markdown(r), highlight=False)
 
     guarded(run, body)
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from . import calibration
@@ -38,6 +37,7 @@ from .export import (INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, chec
                      export_onnx, output_name)
 from .models.registry import build_model
 from .quant_aimet import sqnr_db
+from .validate import run_qdq_cpu
 
 PRECISIONS = ("w8a8", "w8a16", "mixed")
 BACKENDS = ("aimet", "ort")
@@ -138,18 +138,6 @@ def quality(ref: np.ndarray, test: np.ndarray, classifier: bool) -> Quality:
     return Quality(sqnr_db(r, t), float(cos.mean()), float(cos.min()), top1, len(r))
 
 
-def _run_onnx(path: Path, x: np.ndarray, batch: int, reference_kernels: bool) -> np.ndarray:
-    """Run a QDQ model on the CPU. With ``reference_kernels`` ORT keeps Q/DQ as separate ops
-    (no fusion into integer kernels), which reproduces the QDQ semantics exactly."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if reference_kernels:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
-
-
 def _images(cfg: QuantizeConfig, notices: list[str]):
     if cfg.calib_dir is None:
         calib, evaluation = calibration.bundled_photos()
@@ -245,7 +233,7 @@ def quantize(
         _set_metadata(qdq, _metadata(float_res.metadata, cfg.precision, cfg.backend, device, promoted,
                                      calib_set.source))
         step("evaluating the QDQ ONNX on the CPU")
-        q_out = _run_onnx(qdq, xe, 1, reference_kernels=True)
+        q_out = run_qdq_cpu(qdq, xe)
         q = quality(ref, q_out, classifier)
         if sim_q is not None:
             qdq_vs_sim = sqnr_db(sim_out, q_out)

@@ -23,6 +23,18 @@ def cpu_session(path: str, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def run_qdq_cpu(path, x: np.ndarray, batch: int = 1) -> np.ndarray:
+    """A QDQ model's first output on the CPU, ``batch`` samples of ``x`` at a time. Graph
+    optimisations are off, so ORT keeps Q/DQ as separate ops (no fusion into integer kernels),
+    which reproduces the QDQ semantics exactly."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+
+
 def run_all(session: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed]:
     names = [o.name for o in session.get_outputs()]
     return [dict(zip(names, session.run(names, feed))) for feed in feeds]

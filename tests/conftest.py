@@ -10,6 +10,8 @@ import torch
 from skipat_deploy.models.config import ArchConfig
 from skipat_deploy.models.registry import build_model, get_spec
 
+from .hub_fake.fixture import fake_hub  # noqa: F401  (a loopback AI Hub for the real client)
+
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_micro"
 

@@ -35,3 +35,14 @@ def test_golden_tiny_parity(tmp_path, family, file):
         want = expected[f"{family}_tiny_{r.resolution}"]
         assert np.abs(got - want).max() <= 1e-4
         assert (got.argmax(1) == want.argmax(1)).all()
+
+
+@pytest.mark.parametrize("arch", ["vit_tiny_patch16", "skipat_tiny_patch16"])
+def test_full_size_compile_every_node_on_the_npu(tmp_path, arch):
+    """ViT-T / SkipAt-T at 224, quantized (w8a8) and compiled for the Galaxy S22 with CPU
+    fallback off; the simulated NPU runs the context binary."""
+    pytest.importorskip("onnxruntime_qnn")
+    r = api.compile(None, tmp_path, device="Galaxy S22", arch=arch, precision="w8a8",
+                    quant_backend="ort", num_calib=16, num_check=1)
+    assert r.artifacts["context_binary"].stat().st_size > 1_000_000
+    assert np.isfinite(r.check.sqnr_db) and r.check.num_samples == 1

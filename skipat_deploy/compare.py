@@ -1,0 +1,255 @@
+"""ViT-T against SkipAt at 224 / 384: the question the toolchain exists to answer.
+
+Runs the whole pipeline for both models at every resolution and reports, per model and
+resolution, the latency, the SkipAt/ViT ratio and the speed-up, with the paper's Galaxy S22
+numbers beside when the device is the S22 (Table 3: NPU, INT8). Written into ``out_dir``:
+``compare.md``, ``compare.json``, ``compare.csv`` and ``compare.png``.
+
+Backends: ``cpu`` (ONNX Runtime on this machine, FP32 and INT8, timed side by side) and ``hub``
+(the phone's NPU through AI Hub, :mod:`skipat_deploy.hub`); ``auto`` is hub when AI Hub is
+configured, else cpu.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .devices import DEFAULT_DEVICE, resolve_device
+from .errors import UserError
+from .export import check_resolution
+
+FAMILIES = ("vit", "skipat")
+DEFAULT_ARCHS = {"vit": "vit_tiny_patch16", "skipat": "skipat_tiny_patch16"}
+# The paper's Table 3: Galaxy S22 NPU, INT8, ms.
+PAPER_S22_MS = {("vit", 224): 5.65, ("vit", 384): 20.49, ("skipat", 224): 4.76, ("skipat", 384): 15.22}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    resolutions: tuple[int, ...] = (224, 384)
+    device: str = DEFAULT_DEVICE
+    backend: str = "auto"  # auto | hub | cpu
+    precision: str = "w8a8"
+    quant_backend: str = "aimet"  # hub: how the models sent to the phone are quantized
+    runs: int = 30
+    warmup: int = 5
+    threads: int | None = None
+
+
+@dataclass
+class CompareRow:
+    model: str  # "vit" or "skipat"
+    arch: str
+    resolution: int
+    latency_ms: float  # the headline: NPU estimate (hub) or FP32 CPU median (cpu)
+    p90_ms: float | None
+    int8_latency_ms: float | None  # cpu: the INT8 QDQ model on ONNX Runtime CPU
+    ratio_vs_vit: float  # SkipAt / ViT at this resolution (median of paired ratios on the CPU)
+    speedup_vs_vit: float
+    paper_ms: float | None
+    measured_on: str
+
+
+@dataclass
+class CompareResult:
+    backend: str
+    device: str
+    rows: list[CompareRow]
+    files: dict[str, Path]
+    notices: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["files"] = {k: str(v) for k, v in self.files.items()}
+        return d
+
+
+def resolve_backend(backend: str, notices: list[str]) -> str:
+    if backend not in ("auto", "hub", "cpu"):
+        raise UserError(f"unknown --backend {backend!r}: use auto, hub or cpu")
+    if backend != "auto":
+        return backend
+    from .hub import HubNotConfigured, client_config
+
+    try:
+        client_config()
+        return "hub"
+    except HubNotConfigured:
+        notices.append("AI Hub is not configured: measuring on this machine's CPU (ONNX Runtime) "
+                       "instead of the phone's NPU; `qai-hub configure --api_token <TOKEN>` to use a phone")
+        return "cpu"
+
+
+def compare(ckpts: dict[str, object], out_dir: str | Path, cfg: CompareConfig = CompareConfig(),
+            step: Callable[[str], None] = lambda msg: None) -> CompareResult:
+    """``ckpts``: family -> LoadedCheckpoint (vit and skipat)."""
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    notices: list[str] = []
+    backend = resolve_backend(cfg.backend, notices)
+    for fam, ck in ckpts.items():
+        for r in cfg.resolutions:
+            check_resolution(r, ck.arch.patch_size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".compare-") as tmp_s:
+        tmp = Path(tmp_s)
+        if backend == "cpu":
+            rows = _cpu_rows(ckpts, tmp, cfg, device, step, notices)
+        else:
+            rows = _hub_rows(ckpts, out_dir, cfg, device, step, notices)
+        result = CompareResult(backend, device.name, rows, {}, notices)
+        result.seconds = time.perf_counter() - t0
+        result.files = write_reports(result, tmp, out_dir)
+    return result
+
+
+def _cpu_rows(ckpts, tmp: Path, cfg: CompareConfig, device, step, notices) -> list[CompareRow]:
+    from .latency import interleaved, pair_ratio
+    from .profile import fp32_and_int8
+
+    rows = []
+    for res in cfg.resolutions:
+        fp32, int8 = {}, {}
+        for fam in FAMILIES:
+            fp32[fam], int8[fam] = fp32_and_int8(ckpts[fam], res, cfg.precision, tmp / fam, step)
+        step(f"timing ViT and SkipAt at {res}px side by side ({cfg.runs} runs each)")
+        paths = [fp32["vit"], fp32["skipat"], int8["vit"], int8["skipat"]]
+        stats, times = interleaved(paths, runs=cfg.runs, warmup=cfg.warmup, threads=cfg.threads)
+        where = f"CPU (ONNX Runtime {stats[0].onnxruntime}, {stats[0].threads} threads), this machine"
+        for j, fam in enumerate(FAMILIES):
+            ratio = pair_ratio(times, j, 0)
+            rows.append(CompareRow(
+                model=fam, arch=ckpts[fam].spec.name, resolution=res,
+                latency_ms=stats[j].median_ms, p90_ms=stats[j].p90_ms,
+                int8_latency_ms=stats[2 + j].median_ms, ratio_vs_vit=ratio,
+                speedup_vs_vit=1 / ratio,
+                paper_ms=PAPER_S22_MS.get((fam, res)) if device.name == "Galaxy S22" else None,
+                measured_on=where))
+    notices.append("CPU latency is FP32 (INT8 QDQ beside it); the paper's figures are the S22 NPU "
+                   "in INT8 and are shown for reference, not as comparable numbers")
+    return rows
+
+
+def _hub_rows(ckpts, out_dir: Path, cfg: CompareConfig, device, step, notices) -> list[CompareRow]:
+    """Quantize all four, submit every compile job at once, then every profiling job as its
+    compile finishes; await them together. Jobs are recorded in ``out_dir`` (re-runs resume)."""
+    from . import hub as hub_mod
+    from .compile import CompileConfig
+    from .profile import _submit_profile
+    from .quantize import QuantizeConfig, quantize
+
+    client = hub_mod.client()
+    ccfg = CompileConfig(device=cfg.device, backend="hub")
+    models = {}
+    for res in cfg.resolutions:
+        for fam in FAMILIES:
+            q = quantize(ckpts[fam], out_dir, QuantizeConfig(resolution=res, precision=cfg.precision,
+                                                             backend=cfg.quant_backend,
+                                                             device=cfg.device), step)
+            notices.extend(n for n in q.notices if n not in notices)
+            models[(fam, res)] = q.qdq_onnx
+    subs = {k: hub_mod.submit_compile(client, m, out_dir, ccfg, device, step) for k, m in models.items()}
+    profiles = {}
+    for k, sub in subs.items():
+        hub_mod.finish_compile(sub, models[k], out_dir, ccfg, device, step)
+        profiles[k] = _submit_profile(client, sub, models[k], out_dir, device, step)
+    figures = {}
+    for k, (psub, reference, classifier) in profiles.items():
+        figures[k] = hub_mod.finish_profile(psub, models[k], out_dir, device, reference, step, classifier)
+        notices.extend(figures[k].notices)
+    rows = []
+    for (fam, res), p in figures.items():
+        ratio = p.estimated_inference_ms / figures[("vit", res)].estimated_inference_ms
+        units = ", ".join(f"{n} {u}" for u, n in sorted(p.compute_units.items()))
+        rows.append(CompareRow(
+            model=fam, arch=ckpts[fam].spec.name, resolution=res,
+            latency_ms=p.estimated_inference_ms, p90_ms=None, int8_latency_ms=None,
+            ratio_vs_vit=ratio, speedup_vs_vit=1 / ratio,
+            paper_ms=PAPER_S22_MS.get((fam, res)) if device.name == "Galaxy S22" else None,
+            measured_on=f"{p.hub_device} via AI Hub ({cfg.precision}; layers: {units})"))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+
+def write_reports(result: CompareResult, tmp: Path, out_dir: Path) -> dict[str, Path]:
+    staged = {
+        "markdown": tmp / "compare.md",
+        "json": tmp / "compare.json",
+        "csv": tmp / "compare.csv",
+        "png": tmp / "compare.png",
+    }
+    staged["markdown"].write_text(markdown(result))
+    with open(staged["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(asdict(result.rows[0])))
+        w.writeheader()
+        for r in result.rows:
+            w.writerow(asdict(r))
+    chart(result, staged["png"])
+    final = {k: out_dir / p.name for k, p in staged.items()}
+    result.files = final
+    staged["json"].write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
+    for k, p in staged.items():
+        shutil.move(str(p), final[k])
+    return final
+
+
+def markdown(result: CompareResult) -> str:
+    cpu = result.backend == "cpu"
+    head = ["model", "resolution", "latency ms (median)" if cpu else "NPU latency ms (estimate)"]
+    if cpu:
+        head += ["p90 ms", "INT8 QDQ ms"]
+    head += ["SkipAt/ViT", "speed-up"]
+    with_paper = any(r.paper_ms is not None for r in result.rows)
+    if with_paper:
+        head.append("paper, S22 NPU INT8 ms")
+    lines = [f"# ViT-T vs SkipAt: {result.device}, {result.backend}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result.rows:
+        cells = [r.arch, str(r.resolution), f"{r.latency_ms:.2f}"]
+        if cpu:
+            cells += [f"{r.p90_ms:.2f}", f"{r.int8_latency_ms:.2f}"]
+        cells += [f"{r.ratio_vs_vit:.3f}", f"{r.speedup_vs_vit:.2f}x"]
+        if with_paper:
+            cells.append("-" if r.paper_ms is None else f"{r.paper_ms:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Measured on: {result.rows[0].measured_on}."]
+    lines += [f"Note: {n}" for n in result.notices]
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: CompareResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = sorted({r.resolution for r in result.rows})
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    width = 0.38
+    for k, fam in enumerate(FAMILIES):
+        vals = [next(r.latency_ms for r in result.rows if r.model == fam and r.resolution == x) for x in res]
+        bars = ax.bar([i + (k - 0.5) * width for i in range(len(res))], vals, width,
+                      label="ViT-T" if fam == "vit" else "SkipAt-T")
+        if fam == "skipat":
+            ratios = [next(r.ratio_vs_vit for r in result.rows if r.model == fam and r.resolution == x) for x in res]
+            for b, q in zip(bars, ratios):
+                ax.annotate(f"{q:.2f}x", (b.get_x() + b.get_width() / 2, b.get_height()),
+                            ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(range(len(res)), [f"{x}px" for x in res])
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"{result.device}: {result.rows[0].measured_on.split(',')[0]}", fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,234 @@
+"""Compile a quantized model for a phone's NPU.
+
+Two backends, one result type:
+
+* ``local`` (offline, default): ONNX Runtime's QNN execution provider writes an EPContext ONNX
+  and the QNN context binary (``.bin``) for the device's SoC and Hexagon version, with CPU
+  fallback disabled, so success means every node runs on the NPU. The context binary is then
+  loaded on the HTP backend (a simulator on x86-64) and its outputs are compared with the QDQ
+  model on the CPU.
+* ``hub``: Qualcomm AI Hub compiles the model (:mod:`skipat_deploy.hub`).
+
+In ``out_dir``, for ``<stem>.qdq.onnx`` and a device with SoC ``sm8450``:
+``<stem>.sm8450.ctx.onnx`` + ``<stem>.sm8450.ctx_qnn.bin`` (local) or the downloaded AI Hub
+artifact (hub), and ``<stem>.sm8450.compile.json``, the record, written last.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import calibration
+from .checkpoint import sha256_file
+from .devices import DEFAULT_DEVICE, DeviceProfile, resolve_device
+from .errors import UserError
+from .export import read_metadata
+from .preprocess import Preprocess
+from .validate import run_qdq_cpu
+
+BACKENDS = ("local", "hub")
+TARGET_RUNTIMES = ("qnn_context_binary", "precompiled_qnn_onnx", "onnx", "tflite")
+
+
+class CompileError(UserError):
+    """The compiler rejected the model."""
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    device: str = DEFAULT_DEVICE
+    backend: str = "local"
+    target_runtime: str = "qnn_context_binary"  # hub only; local always writes a context binary
+    qairt_version: str | None = None  # hub only: pin the AI Hub compiler (QAIRT) version
+    num_check: int = 2  # validation samples run on the HTP simulator (about 1 s each for ViT-T)
+
+    def check(self) -> DeviceProfile:
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.target_runtime not in TARGET_RUNTIMES:
+            raise UserError(f"unknown --target-runtime {self.target_runtime!r}: use one of "
+                            f"{', '.join(TARGET_RUNTIMES)}")
+        if self.backend == "local" and self.target_runtime != "qnn_context_binary":
+            raise UserError("the local backend writes QNN context binaries only; "
+                            "--target-runtime needs --backend hub")
+        if self.num_check < 1:
+            raise UserError("--num-check must be at least 1")
+        return resolve_device(self.device)
+
+
+@dataclass
+class NpuCheck:
+    """The compiled model's outputs against the QDQ model's on ONNX Runtime CPU."""
+
+    sqnr_db: float
+    cosine_min: float
+    top1_agreement: float | None
+    num_samples: int
+    inputs: str  # what the samples were
+    runs_on: str  # what produced the NPU-side outputs
+
+
+@dataclass
+class CompileResult:
+    model: Path
+    model_sha256: str
+    backend: str
+    device: str
+    soc: str
+    hexagon: str
+    artifacts: dict[str, Path]
+    record: Path
+    check: NpuCheck | None
+    versions: dict[str, str]
+    seconds: float
+    jobs: list[dict] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    quantized: object | None = None  # the QuantizeResult when compile ran quantize first
+
+    def to_json(self) -> dict:
+        quantized, self.quantized = self.quantized, None
+        try:
+            d = asdict(self)
+        finally:
+            self.quantized = quantized
+        d["quantized"] = None if quantized is None else str(quantized.report_json)
+        d["model"] = str(self.model)
+        d["record"] = str(self.record)
+        d["artifacts"] = {k: str(v) for k, v in self.artifacts.items()}
+        return d
+
+
+def output_stem(model: Path, device: DeviceProfile) -> str:
+    name = model.name
+    for suffix in (".qdq.onnx", ".onnx", ".aimet"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return f"{name}.{device.soc.lower()}"
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents, in name order)."""
+    if path.is_file():
+        return sha256_file(path)
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0" + sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def check_model(model: str | Path, backend: str) -> Path:
+    """The model to compile, or a one-line error: it must exist and, for the local backend, be
+    a quantized (QDQ) ONNX; AI Hub also takes a ``.aimet`` folder."""
+    model = Path(model)
+    if not model.exists():
+        raise UserError(f"model not found: {model}")
+    if model.is_dir():
+        if backend != "hub" or model.suffix != ".aimet":
+            raise UserError(f"{model} is a folder: the local backend compiles a QDQ ONNX "
+                            "(the .qdq.onnx beside it); only --backend hub takes a .aimet folder")
+        onnx_files = list(model.glob("*.onnx"))
+        if len(onnx_files) != 1 or len(list(model.glob("*.encodings"))) > 1:
+            raise UserError(f"{model} must hold exactly one .onnx and at most one .encodings")
+        return model
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise UserError(f"{model} is not a readable ONNX model ({type(e).__name__})") from None
+    if backend == "local" and not any(n.op_type == "QuantizeLinear" for n in graph.node):
+        raise UserError(f"{model.name} is a float model: the NPU runs quantized graphs. Give the "
+                        ".qdq.onnx from `skipat-deploy quantize`, or --ckpt to quantize first")
+    return model
+
+
+def check_inputs(model: Path, count: int, shape: tuple) -> tuple[np.ndarray, str, bool]:
+    """``count`` validation inputs, each of ``shape``: real photos pre-processed as the model
+    expects (its metadata), or seeded noise for a model exported elsewhere. Also says what they
+    are and whether the model is a classifier (then top-1 agreement is reported)."""
+    meta = read_metadata(model)
+    shape = tuple(d if isinstance(d, int) else 1 for d in shape)
+    classifier = int(meta.get("num_classes", 0)) > 0
+    if "preprocess" in meta and len(shape) == 4 and shape[0] == 1:
+        _, evaluation = calibration.bundled_photos()
+        pp = Preprocess.from_dict(meta["preprocess"])
+        x = calibration.image_batch(evaluation, int(meta["resolution"]), pp, count, seed=1)
+        return x[:, None], f"{count} samples of real photos ({evaluation.source})", classifier
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((count, *shape)).astype(np.float32)
+    return x, f"{count} seeded noise inputs (no skipat-deploy metadata)", classifier
+
+
+def compare(reference: list[np.ndarray], test: list[np.ndarray], inputs: str, runs_on: str,
+            classifier: bool) -> NpuCheck:
+    from .quantize import quality
+
+    q = quality(np.stack(reference), np.stack(test), classifier)
+    return NpuCheck(q.sqnr_db, q.cosine_min, q.top1_agreement, q.num_images, inputs, runs_on)
+
+
+def compile_local(model: str | Path, out_dir: str | Path, cfg: CompileConfig = CompileConfig(),
+                  step: Callable[[str], None] = lambda msg: None) -> CompileResult:
+    from . import qnn
+
+    t0 = time.perf_counter()
+    device = cfg.check()
+    model = check_model(model, "local")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = output_stem(model, device)
+    final = {"context_onnx": out_dir / f"{stem}.ctx.onnx",
+             "context_binary": out_dir / f"{stem}.ctx_qnn.bin"}
+    record = out_dir / f"{stem}.compile.json"
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".compile-") as tmp_s:
+        tmp = Path(tmp_s)
+        ctx = tmp / final["context_onnx"].name
+        step(f"compiling for {device.soc} (Hexagon {device.hexagon}) with the QNN HTP backend")
+        try:
+            qnn.htp_session(model, device, context_file=ctx)
+        except Exception as e:
+            rejected = qnn.rejected_nodes(model, device)
+            if rejected or "fallback to CPU EP has been explicitly disabled" in str(e):
+                raise qnn.NpuPlacementError(model, device, rejected) from None
+            raise CompileError(f"QNN could not compile {model.name} for {device.soc}: "
+                               + str(e).splitlines()[0]) from None
+        binary = tmp / final["context_binary"].name
+        if not ctx.exists() or not binary.exists():
+            raise CompileError(f"QNN wrote no context binary for {model.name}")
+
+        step("running the context binary on the HTP backend (x86-64 simulator)")
+        sess = qnn.htp_session(ctx, device)
+        inp = sess.get_inputs()[0]
+        x, described, classifier = check_inputs(model, cfg.num_check, tuple(inp.shape))
+        npu = [sess.run(None, {inp.name: xi})[0] for xi in x]
+        cpu = [run_qdq_cpu(model, xi) for xi in x]
+        check = compare(cpu, npu, described, "QNN HTP simulator (onnxruntime-qnn, x86-64)",
+                        classifier)
+
+        result = CompileResult(
+            model=model, model_sha256=sha256_path(model), backend="local", device=device.name, soc=device.soc,
+            hexagon=device.hexagon, artifacts=final, record=record, check=check,
+            versions=qnn.sdk_versions(), seconds=0.0,
+        )
+        for path in final.values():
+            shutil.move(str(tmp / path.name), path)
+        result.seconds = time.perf_counter() - t0
+        write_record(result, tmp)
+    return result
+
+
+def write_record(result: CompileResult, tmp: Path) -> None:
+    """The record goes last and atomically: its presence means the artifacts are complete."""
+    staged = tmp / "record.json"
+    staged.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
+    shutil.move(str(staged), result.record)

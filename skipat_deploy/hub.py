@@ -1,0 +1,365 @@
+"""Qualcomm AI Hub backend (``qai-hub``): compile in the cloud, for a real phone's SoC.
+
+Every submitted job goes into a run record beside the artifacts (``<stem>.hub.json``) the
+moment it is created, so running the same command again resumes the job instead of
+submitting a new one. Transient service failures are retried with backoff; permanent ones
+(authentication, a job that FAILED) end in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from .compile import (
+    CompileConfig,
+    CompileError,
+    CompileResult,
+    output_stem,
+    sha256_path,
+    write_record,
+)
+from .devices import DeviceProfile
+from .errors import UserError
+
+POLL_SECONDS = 15.0  # how often a running job's state is read
+RETRY_DELAYS = (5.0, 20.0, 60.0)  # backoff between attempts after a transient failure
+_sleep = time.sleep
+
+CONFIGURE_HINT = ("run `qai-hub configure --api_token <TOKEN>` (token: Account page of "
+                  "https://workbench.aihub.qualcomm.com), or set QAIHUB_CLIENT_INI to a client.ini")
+
+
+class HubNotConfigured(UserError):
+    """No AI Hub credentials on this machine."""
+
+
+class HubError(UserError):
+    """AI Hub refused a request, or stayed unavailable through every retry."""
+
+    exit_code = 3
+
+
+def client_config():
+    """The AI Hub client configuration, or one line saying how to create it. Read the way
+    ``qai_hub`` reads it (``QAIHUB_CLIENT_INI``, else ``~/.qai_hub/client.ini``); always
+    quiet, since stdout belongs to ``--json``."""
+    from qai_hub import api_utils
+
+    path = api_utils.get_config_path()
+    if not os.path.isfile(path):
+        raise HubNotConfigured(f"AI Hub is not configured ({path} not found): {CONFIGURE_HINT}")
+    try:
+        config = api_utils.load_api_config_from_file(path)
+    except Exception:
+        raise HubNotConfigured(f"AI Hub is not configured ({path} lacks api_token / api_url / "
+                               f"web_url in [api]): {CONFIGURE_HINT}") from None
+    if not config.api_token.strip():
+        raise HubNotConfigured(f"AI Hub is not configured ({path} has an empty api_token): {CONFIGURE_HINT}")
+    config.verbose = False
+    return config
+
+
+def client():
+    import qai_hub
+
+    return qai_hub.Client(config=client_config())
+
+
+def call(fn: Callable, *args, what: str, **kwargs):
+    """``fn(*args, **kwargs)`` with retries on transient failures (the client's own retries
+    included, a 5xx or a dropped connection that persists); permanent failures become one
+    line."""
+    import qai_hub
+    from qai_hub.client import RateLimitedError
+
+    for attempt in range(len(RETRY_DELAYS) + 1):
+        try:
+            # The client prints ("Downloaded model to ...") even when not verbose; stdout
+            # belongs to --json.
+            with contextlib.redirect_stdout(sys.stderr):
+                return fn(*args, **kwargs)
+        except (qai_hub.InternalError, RateLimitedError) as e:
+            if attempt == len(RETRY_DELAYS):
+                raise HubError(f"AI Hub stayed unavailable while {what} "
+                               f"({len(RETRY_DELAYS) + 1} attempts): {_first_line(e)}") from None
+            _sleep(RETRY_DELAYS[attempt])
+        except qai_hub.UserError as e:
+            text = _first_line(e)
+            if "authenticat" in text.lower():
+                raise HubError(f"AI Hub rejected the API token while {what}: {CONFIGURE_HINT}") from None
+            raise HubError(f"AI Hub refused {what}: {text}") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip(" │|-─") for ln in str(e).splitlines()]
+    return next((ln for ln in lines if ln), type(e).__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# The run record: which jobs this output folder has submitted.
+
+@dataclass
+class RunRecord:
+    path: Path
+
+    def load(self) -> dict:
+        if not self.path.is_file():
+            return {"schema_version": 1, "jobs": {}}
+        try:
+            return json.loads(self.path.read_text())
+        except ValueError:
+            raise UserError(f"{self.path} is not a readable run record: move it away to start over") from None
+
+    def job(self, key: str) -> dict | None:
+        return self.load()["jobs"].get(key)
+
+    def put(self, key: str, entry: dict) -> None:
+        doc = self.load()
+        doc["jobs"][key] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staged = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        staged.write_text(json.dumps(doc, indent=2) + "\n")
+        os.replace(staged, self.path)
+
+
+def job_entry(job, kind: str, identity: dict) -> dict:
+    return dict(kind=kind, id=job.job_id, url=job.url, status="SUBMITTED", **identity)
+
+
+def wait(job, entry: dict, record: RunRecord, key: str, step: Callable[[str], None]) -> dict:
+    """Poll ``job`` until it ends; the record follows its state. A FAILED job is one line."""
+    seen = None
+    while True:
+        status = call(job.get_status, what=f"reading job {job.job_id}")
+        if status.code != seen:
+            seen = status.code
+            entry["status"] = status.code
+            record.put(key, entry)
+            step(f"AI Hub {entry['kind']} job {job.job_id}: {status.code}")
+        if status.finished:
+            break
+        _sleep(POLL_SECONDS)
+    if status.failure:
+        entry["failure"] = status.message
+        record.put(key, entry)
+        raise CompileError(f"AI Hub {entry['kind']} job {job.job_id} FAILED: "
+                           f"{status.message or 'no reason given'} ({job.url})")
+    return entry
+
+
+def input_specs(model: Path) -> dict:
+    onnx_file = next(model.glob("*.onnx")) if model.is_dir() else model
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    init = {i.name for i in graph.initializer}
+    specs = {}
+    for inp in graph.input:
+        if inp.name in init:
+            continue
+        t = inp.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        specs[inp.name] = (tuple(d.dim_value or 1 for d in t.shape.dim), dtype)
+    return specs
+
+
+def hub_device(device: DeviceProfile):
+    import qai_hub
+
+    return qai_hub.Device(name=device.hub_devices[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs as resumable stages: submit (or find in the record), then finish. Callers with several
+# models submit everything first and finish afterwards, so the jobs run at the same time.
+
+@dataclass
+class Submitted:
+    job: object
+    entry: dict
+    key: str
+    record: RunRecord
+    notices: list
+
+
+def _submit_or_resume(hub, record: RunRecord, key: str, identity: dict, submit: Callable,
+                      step: Callable[[str], None]) -> Submitted:
+    entry = record.job(key)
+    notices: list[str] = []
+    if entry and {k: entry.get(k) for k in identity} == identity and entry.get("status") != "FAILED":
+        step(f"resuming AI Hub {entry['kind']} job {entry['id']}")
+        job = call(hub.get_job, entry["id"], what=f"looking up job {entry['id']}")
+        notices.append(f"resumed AI Hub {entry['kind']} job {entry['id']} from {record.path.name}")
+        return Submitted(job, entry, key, record, notices)
+    if entry and entry.get("status") == "FAILED":
+        notices.append(f"AI Hub {entry['kind']} job {entry['id']} had FAILED; submitted a new one")
+    job, kind = submit()
+    entry = job_entry(job, kind, identity)
+    record.put(key, entry)
+    return Submitted(job, entry, key, record, notices)
+
+
+def submit_compile(hub, model: Path, out_dir: Path, cfg: CompileConfig, device: DeviceProfile,
+                   step: Callable[[str], None] = lambda msg: None) -> Submitted:
+    stem = output_stem(model, device)
+    options = f"--target_runtime {cfg.target_runtime}"
+    if cfg.qairt_version:
+        options += f" --qairt_version {cfg.qairt_version}"
+    identity = dict(model_sha256=sha256_path(model), hub_device=device.hub_devices[0], options=options)
+
+    def submit():
+        step(f"uploading {model.name} to AI Hub")
+        uploaded = call(hub.upload_model, str(model), what=f"uploading {model.name}")
+        step(f"submitting the compile job ({options}) for {device.hub_devices[0]}")
+        job = call(hub.submit_compile_job, uploaded, device=hub_device(device),
+                   name=f"skipat-deploy {stem}", input_specs=input_specs(model), options=options,
+                   what="submitting the compile job")
+        return job, "compile"
+
+    return _submit_or_resume(hub, RunRecord(out_dir / f"{stem}.hub.json"),
+                             f"compile {cfg.target_runtime}", identity, submit, step)
+
+
+def finish_compile(sub: Submitted, model: Path, out_dir: Path, cfg: CompileConfig,
+                   device: DeviceProfile, step: Callable[[str], None] = lambda msg: None,
+                   t0: float | None = None) -> CompileResult:
+    """Wait for the compile job and download its target model into ``out_dir``."""
+    import qai_hub
+
+    t0 = time.perf_counter() if t0 is None else t0
+    entry = wait(sub.job, sub.entry, sub.record, sub.key, step)
+    stem = output_stem(model, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".compile-") as tmp_s:
+        tmp = Path(tmp_s)
+        step("downloading the compiled model")
+        written = Path(call(sub.job.download_target_model, str(tmp / f"{stem}.hub"),
+                            what=f"downloading the result of job {sub.job.job_id}"))
+        target = out_dir / written.name
+        shutil.move(str(written), target)
+        entry["artifact"] = target.name
+        sub.record.put(sub.key, entry)
+        result = CompileResult(
+            model=model, model_sha256=entry["model_sha256"], backend="hub",
+            device=device.name, soc=device.soc, hexagon=device.hexagon,
+            artifacts={"target_model": target, "run_record": sub.record.path},
+            record=out_dir / f"{stem}.compile.json", check=None,
+            versions={"qai_hub": qai_hub.__version__,
+                      "qairt": cfg.qairt_version or "AI Hub default"},
+            seconds=time.perf_counter() - t0, jobs=[entry], notices=list(sub.notices),
+        )
+        write_record(result, tmp)
+    return result
+
+
+def compile_hub(model: str | Path, out_dir: str | Path, cfg: CompileConfig = CompileConfig(),
+                step: Callable[[str], None] = lambda msg: None, hub=None) -> CompileResult:
+    """Compile ``model`` (QDQ ONNX or ``.aimet`` folder) on AI Hub for ``cfg.device`` and
+    download the result into ``out_dir``; resumes a job this folder's run record names."""
+    t0 = time.perf_counter()
+    device = cfg.check()
+    hub = hub or client()
+    model, out_dir = Path(model), Path(out_dir)
+    sub = submit_compile(hub, model, out_dir, cfg, device, step)
+    return finish_compile(sub, model, out_dir, cfg, device, step, t0)
+
+
+# --------------------------------------------------------------------------------------------
+# Profiling on the phone: an inference job with profile=True on the compiled model.
+
+@dataclass
+class HubProfile:
+    model: Path
+    device: str
+    hub_device: str
+    estimated_inference_ms: float
+    first_load_ms: float | None
+    peak_memory_mb: tuple[float, float] | None
+    compute_units: dict[str, int]  # layers that ran on NPU / GPU / CPU
+    raw_profile: Path
+    device_check: object | None  # compile.NpuCheck: the phone's outputs vs the CPU QDQ model
+    jobs: list[dict]
+    notices: list[str]
+
+    def to_json(self) -> dict:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d["model"], d["raw_profile"] = str(self.model), str(self.raw_profile)
+        return d
+
+
+def parse_profile(doc: dict) -> dict:
+    """The figures of an AI Hub profile document (times in µs, memory in bytes)."""
+    summary = doc.get("execution_summary") or {}
+    if "estimated_inference_time" not in summary:
+        raise HubError("AI Hub's profile has no execution_summary.estimated_inference_time")
+    peak = summary.get("inference_memory_peak_range")
+    units: dict[str, int] = {}
+    for layer in doc.get("execution_detail") or []:
+        unit = str(layer.get("compute_unit", "?")).upper()
+        units[unit] = units.get(unit, 0) + 1
+    first = summary.get("first_load_time")
+    return dict(
+        estimated_inference_ms=summary["estimated_inference_time"] / 1000,
+        first_load_ms=None if first is None else first / 1000,
+        peak_memory_mb=None if not peak else (peak[0] / 2**20, peak[1] / 2**20),
+        compute_units=units,
+    )
+
+
+def submit_profile(hub, compiled: Submitted, model: Path, out_dir: Path, device: DeviceProfile,
+                   inputs: dict, step: Callable[[str], None] = lambda msg: None) -> Submitted:
+    stem = output_stem(model, device)
+    identity = dict(compile_job=compiled.job.job_id, hub_device=device.hub_devices[0])
+
+    def submit():
+        target = call(compiled.job.get_target_model, what="reading the compiled model")
+        step(f"submitting the profiling inference job on {device.hub_devices[0]}")
+        job = call(hub.submit_inference_job, target, device=hub_device(device),
+                   inputs={k: [v] for k, v in inputs.items()}, profile=True,
+                   name=f"skipat-deploy {stem}", what="submitting the inference job")
+        return job, "inference"
+
+    return _submit_or_resume(hub, RunRecord(out_dir / f"{stem}.hub.json"), "inference profile",
+                             identity, submit, step)
+
+
+def finish_profile(sub: Submitted, model: Path, out_dir: Path, device: DeviceProfile,
+                   reference: dict | None, step: Callable[[str], None] = lambda msg: None,
+                   classifier: bool = True) -> HubProfile:
+    """Wait for the profiling job; keep its raw profile; compare the phone's outputs with
+    ``reference`` (output name -> the local model's output on the same input)."""
+    from .compile import compare
+
+    entry = wait(sub.job, sub.entry, sub.record, sub.key, step)
+    doc = call(sub.job.download_profile, what=f"downloading the profile of job {sub.job.job_id}")
+    figures = parse_profile(doc)
+    raw = out_dir / f"{output_stem(model, device)}.profile.json"
+    staged = raw.with_name(f".{raw.name}.partial")
+    staged.write_text(json.dumps(doc, indent=2, default=list) + "\n")
+    os.replace(staged, raw)
+    check = None
+    if reference:
+        outputs = call(sub.job.download_output_data, what=f"downloading the outputs of job {sub.job.job_id}")
+        name = next(iter(reference))
+        got = (outputs or {}).get(name)
+        if got is None and outputs and len(outputs) == 1:  # the runtime renamed the output
+            got = next(iter(outputs.values()))
+        if got:
+            check = compare([reference[name]], [got[0]], "1 sample of a real photo",
+                            f"{device.hub_devices[0]} (AI Hub)", classifier)
+    entry["estimated_inference_ms"] = figures["estimated_inference_ms"]
+    sub.record.put(sub.key, entry)
+    return HubProfile(model=model, device=device.name, hub_device=device.hub_devices[0],
+                      raw_profile=raw, device_check=check, jobs=[entry], notices=list(sub.notices),
+                      **figures)

@@ -1,0 +1,266 @@
+"""Compilation for the NPU: local QNN context binaries on the HTP simulator, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from skipat_deploy import api
+from skipat_deploy.cli import app
+from skipat_deploy.compile import CompileConfig, compile_local
+from skipat_deploy.errors import UserError
+
+pytest.importorskip("onnxruntime_qnn")
+
+FAST = dict(num_calib=8, num_eval=4)
+
+
+@pytest.fixture(scope="module")
+def qdq(tmp_path_factory, nano_ckpts):
+    """A w8a16 QDQ SkipAt nano model (ONNX Runtime quantization: seconds)."""
+    d = tmp_path_factory.mktemp("qdq")
+    return api.quantize(nano_ckpts["skipat_nano_patch16"], d, precision="w8a16", backend="ort",
+                        **FAST).qdq_onnx
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_local_compile_writes_a_context_binary_that_runs_on_the_htp(tmp_path, qdq):
+    from skipat_deploy.devices import resolve_device
+    from skipat_deploy.qnn import htp_session
+
+    r = compile_local(qdq, tmp_path, CompileConfig(device="s22"))
+    stem = "skipat_nano_patch16_224_w8a16_ort.sm8450"
+    assert _files(tmp_path) == sorted([f"{stem}.ctx.onnx", f"{stem}.ctx_qnn.bin", f"{stem}.compile.json"])
+    # The EPContext model points at the .bin by its relative name and loads, strictly, from
+    # the output folder.
+    ctx = onnx.load(str(r.artifacts["context_onnx"]))
+    (node,) = ctx.graph.node
+    assert node.op_type == "EPContext"
+    attrs = {a.name: a for a in node.attribute}
+    assert attrs["ep_cache_context"].s.decode() == f"{stem}.ctx_qnn.bin"
+    assert attrs["embed_mode"].i == 0
+    sess = htp_session(r.artifacts["context_onnx"], resolve_device("Galaxy S22"))
+    y = sess.run(None, {"image": np.zeros((1, 3, 224, 224), np.float32)})[0]
+    assert y.shape == (1, 1000) and np.isfinite(y).all()
+    # The simulated NPU agrees with the CPU QDQ model (w8a16: tens of dB).
+    assert r.check.sqnr_db > 30 and r.check.top1_agreement == 1.0 and r.check.num_samples == 2
+    assert "real photos" in r.check.inputs
+    record = json.loads(r.record.read_text())
+    assert record["soc"] == "SM8450" and record["hexagon"] == "v69"
+    assert record["check"]["sqnr_db"] == pytest.approx(r.check.sqnr_db)
+    assert record["versions"]["qnn_sdk"]
+
+
+def _erf_model(path):
+    """A tiny QDQ graph with an Erf, which the QNN HTP backend does not support."""
+    q = [numpy_helper.from_array(np.array(0.01, np.float32), "s"),
+         numpy_helper.from_array(np.array(128, np.uint8), "z")]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("Erf", ["xd"], ["e"], name="the_erf"),
+        helper.make_node("QuantizeLinear", ["e", "s", "z"], ["eq"]),
+        helper.make_node("DequantizeLinear", ["eq", "s", "z"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], initializer=q)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_node_the_npu_cannot_run_is_named_and_nothing_is_written(tmp_path):
+    from skipat_deploy.qnn import NpuPlacementError
+
+    model = _erf_model(tmp_path / "erf.onnx")
+    out = tmp_path / "out"
+    with pytest.raises(NpuPlacementError) as e:
+        compile_local(model, out)
+    assert "the_erf (Erf)" in str(e.value) and "not supported" in str(e.value)
+    assert e.value.rejected[0].node == "the_erf"
+    assert _files(out) == []
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    (dict(device="Galaxy S99"), "unknown device"),
+    (dict(backend="cloud"), "unknown --backend"),
+    (dict(target_runtime="tflite"), "needs --backend hub"),
+    (dict(target_runtime="coreml", backend="hub"), "unknown --target-runtime"),
+])
+def test_bad_options(tmp_path, qdq, kwargs, msg):
+    with pytest.raises(UserError, match=msg):
+        api.compile(qdq, tmp_path, **kwargs)
+    assert _files(tmp_path) == []
+
+
+def test_bad_models(tmp_path, qdq, nano_ckpts):
+    with pytest.raises(UserError, match="model not found"):
+        api.compile(tmp_path / "missing.onnx", tmp_path)
+    float_onnx = qdq.with_name("skipat_nano_patch16_224.onnx")
+    with pytest.raises(UserError, match="float model"):
+        api.compile(float_onnx, tmp_path / "o")
+    with pytest.raises(UserError, match="not a readable ONNX"):
+        api.compile(nano_ckpts["vit_nano_patch16"], tmp_path / "o")
+    aimet = tmp_path / "m.aimet"
+    aimet.mkdir()
+    with pytest.raises(UserError, match="only --backend hub takes a .aimet folder"):
+        api.compile(aimet, tmp_path / "o")
+
+
+def test_cli_compile_from_a_checkpoint_json(tmp_path, nano_ckpts):
+    res = CliRunner().invoke(app, ["compile", "--ckpt", str(nano_ckpts["vit_nano_patch16"]),
+                                   "--precision", "w8a8", "--quant-backend", "ort",
+                                   "--num-calib", "8", "--num-check", "1", "--out", str(tmp_path),
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    kinds = {a["kind"]: a for a in doc["artifacts"]}
+    assert {"qdq_onnx", "context_onnx", "context_binary", "compile_record"} <= set(kinds)
+    assert kinds["context_binary"]["size_bytes"] > 0 and len(kinds["context_binary"]["sha256"]) == 64
+    names = {m["name"]: m for m in doc["measurements"]}
+    assert "HTP simulator" in names["npu_vs_cpu_sqnr"]["source"]
+    assert np.isfinite(names["npu_vs_cpu_sqnr"]["value"])
+    assert not any("latency" in m["name"] for m in doc["measurements"])
+
+
+def test_cli_compile_error_is_one_line(tmp_path):
+    res = CliRunner().invoke(app, ["compile", "--model", str(tmp_path / "nope.onnx")])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [f"error: model not found: {tmp_path / 'nope.onnx'}"]
+
+
+# --------------------------------------------------------------------------------------------
+# AI Hub: the real qai_hub client against the loopback fake (tests/hub_fake).
+
+@pytest.fixture
+def hub(fake_hub, monkeypatch):
+    """The fake AI Hub with our own polling and retry waits made instant."""
+    from skipat_deploy import hub as hub_mod
+
+    monkeypatch.setattr(hub_mod, "_sleep", lambda seconds: None)
+    monkeypatch.setattr(hub_mod, "RETRY_DELAYS", (0.0, 0.0))
+    return fake_hub
+
+
+def _hub_compile(qdq, out, **kw):
+    return api.compile(qdq, out, backend="hub", **kw)
+
+
+def test_hub_not_configured_is_one_line_and_quick(tmp_path, qdq, monkeypatch):
+    import time
+
+    monkeypatch.setenv("QAIHUB_CLIENT_INI", str(tmp_path / "nowhere" / "client.ini"))
+    t = time.perf_counter()
+    res = CliRunner().invoke(app, ["compile", "--model", str(qdq), "--backend", "hub",
+                                   "--out", str(tmp_path / "out")])
+    assert time.perf_counter() - t < 5
+    assert res.exit_code == 2
+    (line,) = res.output.strip().splitlines()
+    assert line.startswith("error: AI Hub is not configured") and "qai-hub configure --api_token" in line
+    assert "QAIHUB_CLIENT_INI" in line and not (tmp_path / "out").exists()
+
+
+def test_hub_compile_downloads_the_binary_and_records_the_job(tmp_path, qdq, hub):
+    r = _hub_compile(qdq, tmp_path, qairt_version="2.40")
+    stem = "skipat_nano_patch16_224_w8a16_ort.sm8450"
+    (job,) = hub.jobs.values()
+    assert job.kind == "compile" and job.device_name == "Samsung Galaxy S22 (Family)"
+    assert job.options == "--target_runtime qnn_context_binary --qairt_version 2.40"
+    binary = r.artifacts["target_model"]
+    assert binary == tmp_path / f"{stem}.hub.bin"
+    assert binary.read_bytes().startswith(b"FAKE-QNN-CONTEXT-BINARY")
+    record = json.loads((tmp_path / f"{stem}.hub.json").read_text())
+    (entry,) = record["jobs"].values()
+    assert entry["id"] == job.job_id and entry["status"] == "SUCCESS" and entry["url"].startswith(hub.url)
+    assert r.jobs[0]["id"] == job.job_id and r.check is None
+    assert json.loads(r.record.read_text())["backend"] == "hub"
+
+
+def test_hub_rerun_resumes_instead_of_resubmitting(tmp_path, qdq, hub, monkeypatch):
+    from skipat_deploy import hub as hub_mod
+
+    hub.polls_until_done = 3
+
+    def interrupted(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hub_mod, "_sleep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _hub_compile(qdq, tmp_path)
+    (job,) = hub.jobs.values()
+    assert not job.finished and not list(tmp_path.glob("*.bin"))
+    monkeypatch.setattr(hub_mod, "_sleep", lambda s: None)
+    r = _hub_compile(qdq, tmp_path)
+    assert len(hub.jobs) == 1 and hub.count_requests("POST", "/jobs") == 1
+    assert r.jobs[0]["id"] == job.job_id and any("resumed" in n for n in r.notices)
+    _hub_compile(qdq, tmp_path)  # a finished job: resumed again, nothing new submitted
+    assert len(hub.jobs) == 1
+
+
+def test_hub_transient_failures_are_retried(tmp_path, qdq, hub):
+    hub.fail_next("/jobs/", 503, count=9, method="GET")  # more than the client's own 7 tries
+    r = _hub_compile(qdq, tmp_path)
+    assert r.artifacts["target_model"].is_file()
+
+
+def test_hub_persistent_outage_is_one_line(tmp_path, qdq, hub):
+    from skipat_deploy.hub import HubError
+
+    hub.fail_next("/jobs/", 500, count=None, method="GET")
+    with pytest.raises(HubError, match="AI Hub stayed unavailable"):
+        _hub_compile(qdq, tmp_path)
+    assert not list(tmp_path.glob("*.bin"))
+
+
+def test_hub_wrong_token_is_one_line(tmp_path, qdq, hub, monkeypatch):
+    ini = tmp_path / "bad.ini"
+    ini.write_text(hub.ini_path.read_text().replace(hub.token, "not-the-token"))
+    monkeypatch.setenv("QAIHUB_CLIENT_INI", str(ini))
+    res = CliRunner().invoke(app, ["compile", "--model", str(qdq), "--backend", "hub",
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 3
+    (line,) = res.output.strip().splitlines()
+    assert "AI Hub rejected the API token" in line
+
+
+def test_hub_failed_job_names_the_reason_and_a_rerun_resubmits(tmp_path, qdq, hub):
+    from skipat_deploy.compile import CompileError
+
+    hub.job_outcome = ("FAILED", "Op Erf is not supported on this target")
+    with pytest.raises(CompileError, match="FAILED: Op Erf is not supported") as e:
+        _hub_compile(qdq, tmp_path)
+    assert hub.url in str(e.value) and not list(tmp_path.glob("*.bin"))
+    hub.job_outcome = None
+    r = _hub_compile(qdq, tmp_path)
+    assert len(hub.jobs) == 2 and any("FAILED" in n for n in r.notices)
+
+
+@pytest.mark.parametrize("runtime, suffix", [("onnx", ".hub.onnx.zip"), ("tflite", ".hub.tflite"),
+                                              ("precompiled_qnn_onnx", ".hub.onnx.zip")])
+def test_hub_target_runtimes(tmp_path, qdq, hub, runtime, suffix):
+    r = _hub_compile(qdq, tmp_path, target_runtime=runtime)
+    assert r.artifacts["target_model"].name.endswith(suffix)
+    assert next(iter(hub.jobs.values())).options == f"--target_runtime {runtime}"
+
+
+def test_hub_takes_the_aimet_folder(tmp_path, qdq, hub):
+    """A .aimet folder (float ONNX + encodings; AIMET's own export is covered in
+    test_quantize) goes up as one directory model."""
+    folder = tmp_path / "vit_nano_patch16_224_w8a16.aimet"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(qdq.with_name("skipat_nano_patch16_224.onnx").read_bytes())
+    (folder / "model.encodings").write_text('{"version": "2.0.0", "activation_encodings": []}')
+    r = _hub_compile(folder, tmp_path / "c")
+    (model,) = [m for m in hub.models.values() if m.files]
+    assert sorted(Path(f).name for f in model.files) == ["model.encodings", "model.onnx"]
+    assert r.artifacts["target_model"].name == "vit_nano_patch16_224_w8a16.sm8450.hub.bin"
