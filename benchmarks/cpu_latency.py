@@ -68,7 +68,7 @@ def reference_models(resolution: int):
             self.skip = skip
             self.parametric = nn.ModuleList(LeFF(kw["embed_dim"], 2 * kw["embed_dim"]) for _ in skip)
 
-        def forward_features(self, x):
+        def forward_features(self, x, **_):
             x = self._pos_embed(self.patch_embed(x))
             k = 0
             cls = rest = prev = None

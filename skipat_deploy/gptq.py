@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .equalize import run_with_hooks
+from .models.layers import Pointwise
 
 
 @torch.no_grad()
@@ -24,7 +25,8 @@ def _hessians(model: nn.Module, calib: torch.Tensor, names: list[str]) -> dict[s
 
     def hook(n):
         def accumulate(mod, inp):
-            x = inp[0].reshape(-1, inp[0].shape[-1]).double()
+            x = inp[0].movedim(1, -1) if isinstance(mod, Pointwise) else inp[0]
+            x = x.reshape(-1, x.shape[-1]).double()
             hs[n] = hs.get(n, 0) + x.T @ x
             counts[n] = counts.get(n, 0) + x.shape[0]
         return accumulate
@@ -61,16 +63,17 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, block: int = 1
 
 
 def gptq_linears(model: nn.Module, calib: torch.Tensor, bits: int = 8) -> dict[str, torch.Tensor]:
-    """In place: GPTQ-round every nn.Linear that runs on ``calib``; returns name -> per-channel
-    scale (out, 1) of the symmetric signed grid the new weights lie on."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """In place: GPTQ-round every nn.Linear (and Pointwise, a Linear on NCHW maps) that runs on
+    ``calib``; returns name -> per-channel scale (out, 1) of the symmetric signed grid the new
+    weights lie on."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Pointwise))]
     hs = _hessians(model, calib, names)
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     mods = dict(model.named_modules())
     scales = {}
     for n, h in hs.items():
         lin = mods[n]
-        w, scale = _gptq(lin.weight.data, h, qmin, qmax)
-        lin.weight.data.copy_(w.to(lin.weight.dtype))
+        w, scale = _gptq(lin.weight.data.flatten(1), h, qmin, qmax)
+        lin.weight.data.copy_(w.to(lin.weight.dtype).view_as(lin.weight))
         scales[n] = scale.float()
     return scales

@@ -63,7 +63,7 @@ def interleaved(paths: list[str | Path], runs: int = 50, warmup: int = 5,
     and the raw times (runs x models, seconds) so callers can form per-pair ratios."""
     if runs < 1 or warmup < 0:
         raise UserError("--runs must be at least 1 and --warmup not negative")
-    threads = threads or default_threads()
+    threads = threads or 1
     sessions = [session(p, threads) for p in paths]
     feeds = [feed(s) for s in sessions]
     for _ in range(warmup):

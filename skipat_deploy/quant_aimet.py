@@ -59,7 +59,8 @@ def _aimet():
 
 
 def swap_to_aimet(model: nn.Module) -> nn.Module:
-    """In place: our Add / Multiply / MatMul / Concat leaves -> AIMET's (same computation)."""
+    """In place: our Add / Multiply / MatMul / Concat leaves -> AIMET's, Pointwise -> a plain
+    1x1 nn.Conv2d (same computation)."""
     custom = _aimet()
     table = {L.Add: custom.Add, L.Multiply: custom.Multiply, L.MatMul: custom.MatMul}
     for _, parent in list(model.named_modules()):
@@ -68,6 +69,12 @@ def swap_to_aimet(model: nn.Module) -> nn.Module:
                 setattr(parent, name, table[type(child)]())
             elif type(child) is L.Concat:
                 setattr(parent, name, custom.Concat(axis=child.dim))
+            elif type(child) is L.Pointwise:  # AIMET knows nn.Conv2d, not our subclass
+                conv = nn.Conv2d(child.in_channels, child.out_channels, 1)
+                with torch.no_grad():
+                    conv.weight.copy_(child.weight)
+                    conv.bias.copy_(child.bias)
+                setattr(parent, name, conv)
     return model
 
 

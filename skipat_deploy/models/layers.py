@@ -46,6 +46,34 @@ class Mean(nn.Module):
         return torch.mean(x, dim=self.dim, keepdim=self.keepdim)
 
 
+class Pointwise(nn.Conv2d):
+    """A Linear applied to every pixel of an NCHW map: a 1x1 convolution that loads and saves
+    its weight as ``nn.Linear``'s (out, in), so checkpoints keep their Linear layout.
+
+    SkipAt's Φ computes on the patch grid; keeping it in NCHW between its depthwise
+    convolution and its Linears removes the token <-> image transposes a Linear on tokens
+    would need (those transposes cost CPUs and NPUs real time)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, kernel_size=1)
+        self._register_state_dict_hook(_pointwise_save)
+        self._register_load_state_dict_pre_hook(_pointwise_load)
+
+
+def _pointwise_save(module, state_dict, prefix, local_metadata):
+    key = prefix + "weight"
+    # state_dict(keep_vars=True) (torch.jit, optimizers) must see the Parameter itself.
+    if key in state_dict and state_dict[key].dim() == 4 and not isinstance(state_dict[key], nn.Parameter):
+        state_dict[key] = state_dict[key].flatten(1)
+    return state_dict
+
+
+def _pointwise_load(state_dict, prefix, *args):
+    key = prefix + "weight"
+    if key in state_dict and state_dict[key].dim() == 2:
+        state_dict[key] = state_dict[key][:, :, None, None]
+
+
 # Modules that stand for one arithmetic op: leaves for torch.fx, one quantizer each for AIMET.
 ARITHMETIC_MODULES = (Add, Multiply, MatMul, Concat, Mean)
 

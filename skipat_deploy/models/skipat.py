@@ -14,45 +14,47 @@ import torch
 from torch import nn
 
 from .config import ArchConfig
-from .layers import Concat, Mean, Multiply
+from .layers import Concat, Mean, Multiply, Pointwise
 from .vit import VisionTransformer
 
 
 class ECA(nn.Module):
-    """Efficient channel attention over tokens: x * sigmoid(conv1d(mean over tokens))."""
+    """Efficient channel attention: x * sigmoid(conv1d(mean of x over the grid)), on NCHW."""
 
-    def __init__(self):
+    def __init__(self, dim: int):
         super().__init__()
-        self.mean = Mean(dim=1)
+        self.dim = dim
+        self.mean = Mean(dim=(2, 3), keepdim=False)
         self.conv = nn.Conv1d(1, 1, kernel_size=3, padding=1, bias=False)
         self.sigmoid = nn.Sigmoid()
         self.gate = Multiply()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, d)
-        return self.gate(x, self.sigmoid(self.conv(self.mean(x))))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, d, g, g)
+        y = self.conv(self.mean(x).reshape(-1, 1, self.dim))  # the conv slides along channels
+        return self.gate(x, self.sigmoid(y).reshape(-1, self.dim, 1, 1))
 
 
 class SkipAtPhi(nn.Module):
     """Φ, the official ``LeFF``: Linear(d, 2d) + GELU, depthwise 5x5 conv + GELU on the patch
-    grid, Linear(2d, d), ECA. State-dict names: ``linear1.0``, ``dwconv.0``, ``linear2.0``,
-    ``eca.conv``."""
+    grid, Linear(2d, d), ECA. State-dict names and shapes are the official ones
+    (``linear1.0``, ``dwconv.0``, ``linear2.0``, ``eca.conv``).
+
+    Computed on the (B, C, g, g) patch grid from end to end (the Linears as 1x1 convolutions):
+    the official code's token -> image -> token transposes around the depthwise conv are gone,
+    and a chain of Φs passes grids from one to the next (what it computes is unchanged)."""
 
     def __init__(self, dim: int, grid: int):
         super().__init__()
         hidden = 2 * dim
-        self.hidden, self.grid = hidden, grid
-        self.linear1 = nn.Sequential(nn.Linear(dim, hidden), nn.GELU())
+        self.linear1 = nn.Sequential(Pointwise(dim, hidden), nn.GELU())
         self.dwconv = nn.Sequential(
             nn.Conv2d(hidden, hidden, kernel_size=5, padding=2, groups=hidden), nn.GELU()
         )
-        self.linear2 = nn.Sequential(nn.Linear(hidden, dim))
-        self.eca = ECA()
+        self.linear2 = nn.Sequential(Pointwise(hidden, dim))
+        self.eca = ECA(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, grid**2, d), tokens row-major
-        g, c = self.grid, self.hidden
-        x = self.linear1(x).transpose(1, 2).reshape(-1, c, g, g)
-        x = self.dwconv(x).reshape(-1, c, g * g).transpose(1, 2)
-        return self.eca(self.linear2(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, d, g, g) -> (B, d, g, g)
+        return self.eca(self.linear2(self.dwconv(self.linear1(x))))
 
 
 class VisionTransformerSkipAt(VisionTransformer):
@@ -65,13 +67,17 @@ class VisionTransformerSkipAt(VisionTransformer):
         self.skip_indices = frozenset(arch.skip_indices)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        d, g = self.arch.embed_dim, self.grid
         cls = rest = prev = None
         k = 0
         for i, blk in enumerate(self.blocks):
             if i in self.skip_indices:
-                cur = getattr(self, f"param_{k + 1}")(rest if k == 0 else prev)
-                val = self.phi_concats[k](cls, cur)
-                prev, k = cur, k + 1
+                if k == 0:  # patch tokens, row-major -> (B, d, g, g)
+                    prev = rest.transpose(1, 2).reshape(-1, d, g, g)
+                prev = getattr(self, f"param_{k + 1}")(prev)
+                tokens = prev.reshape(-1, d, g * g).transpose(1, 2)
+                val = self.phi_concats[k](cls, tokens)
+                k += 1
             else:
                 val = blk.attention(x)
                 cls, rest = val[:, :1], val[:, 1:]
