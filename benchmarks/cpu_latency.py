@@ -10,7 +10,7 @@ their values.
 Each resolution times the four models interleaved (A B C D A B C D ...) and reports the median
 latency and the median of per-pair SkipAt/ViT ratios.
 
-    pip install -e ".[bench]" && python benchmarks/cpu_latency.py [--runs 60] [--threads N]
+    pip install -e ".[bench]" && python benchmarks/cpu_latency.py [--runs 60] [--threads 1]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from skipat_deploy import api
-from skipat_deploy.latency import default_threads, interleaved, pair_ratio
+from skipat_deploy.latency import interleaved, pair_ratio
 
 MACS = {224: 0.91, 384: 0.84}  # SkipAt/ViT-T MAC ratio (REFERENCE §1)
 
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--resolution", type=int, action="append")
     a = ap.parse_args()
-    threads = a.threads or default_threads()
+    threads = a.threads or 1
     print(f"ONNX Runtime CPU, {threads} threads, {a.runs} interleaved runs per model; medians")
     print("| resolution | naive ViT-T ms | naive SkipAt ms | naive ratio | ours ViT-T ms | ours SkipAt ms "
           "| ours ratio | MAC ratio |")

@@ -353,7 +353,7 @@ def _artifact(kind: str, path: Path) -> dict:
 
 BackendAutoOpt = Annotated[str, typer.Option("--backend", help="hub (the phone's NPU via AI Hub), cpu (ONNX Runtime here) or auto (hub when AI Hub is configured).")]
 RunsOpt = Annotated[int, typer.Option("--runs", help="Timed CPU runs per model (after warm-up).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime CPU threads (default: the cores this process may use).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime CPU threads (default 1: stable figures on shared machines).")]
 
 
 @app.command()
@@ -464,7 +464,8 @@ def compare(
         if not as_json:
             from .compare import markdown
 
-            Console().print(markdown(r), highlight=False)
+            table = [ln for ln in markdown(r).splitlines() if not ln.startswith("Note: ")]
+            Console().print("\n".join(table), highlight=False)
 
     guarded(run, body)
 

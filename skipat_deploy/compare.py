@@ -124,7 +124,9 @@ def _cpu_rows(ckpts, tmp: Path, cfg: CompareConfig, device, step, notices) -> li
         step(f"timing ViT and SkipAt at {res}px side by side ({cfg.runs} runs each)")
         paths = [fp32["vit"], fp32["skipat"], int8["vit"], int8["skipat"]]
         stats, times = interleaved(paths, runs=cfg.runs, warmup=cfg.warmup, threads=cfg.threads)
-        where = f"CPU (ONNX Runtime {stats[0].onnxruntime}, {stats[0].threads} threads), this machine"
+        n = stats[0].threads
+        where = (f"this machine's CPU: ONNX Runtime {stats[0].onnxruntime}, {n} thread"
+                 + ("s" if n != 1 else ""))
         for j, fam in enumerate(FAMILIES):
             ratio = pair_ratio(times, j, 0)
             rows.append(CompareRow(
@@ -248,7 +250,10 @@ def chart(result: CompareResult, path: Path) -> None:
                             ha="center", va="bottom", fontsize=9)
     ax.set_xticks(range(len(res)), [f"{x}px" for x in res])
     ax.set_ylabel("latency (ms)")
-    ax.set_title(f"{result.device}: {result.rows[0].measured_on.split(',')[0]}", fontsize=10)
+    import textwrap
+
+    where = result.rows[0].measured_on
+    ax.set_title(textwrap.fill(f"ViT-T vs SkipAt-T, {where}", 70), fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)

@@ -7,7 +7,6 @@ medians and 90th percentiles of wall time per inference after warm-up.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,6 @@ class CpuLatency:
     threads: int
     provider: str = "CPUExecutionProvider"
     onnxruntime: str = ort.__version__
-
-
-def default_threads() -> int:
-    """The cores this process may use (what ONNX Runtime would pick on a dedicated machine)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def session(path: str | Path, threads: int) -> ort.InferenceSession:
@@ -63,7 +54,7 @@ def interleaved(paths: list[str | Path], runs: int = 50, warmup: int = 5,
     and the raw times (runs x models, seconds) so callers can form per-pair ratios."""
     if runs < 1 or warmup < 0:
         raise UserError("--runs must be at least 1 and --warmup not negative")
-    threads = threads or 1
+    threads = threads or 1  # more threads made figures slower and noisier on shared 2-core machines
     sessions = [session(p, threads) for p in paths]
     feeds = [feed(s) for s in sessions]
     for _ in range(warmup):
