@@ -96,6 +96,7 @@ def compile(
     target_runtime: str = "qnn_context_binary",
     qairt_version: str | None = None,
     num_check: int = 2,
+    hub_timeout_s: float = 3600.0,
     ckpt: str | Path | None = None,
     resolution: int = 224,
     precision: str = "w8a16",
@@ -115,7 +116,8 @@ def compile(
     from .compile import CompileConfig, check_model, compile_local
 
     cfg = CompileConfig(device=device, backend=backend, target_runtime=target_runtime,
-                        qairt_version=qairt_version, num_check=num_check)
+                        qairt_version=qairt_version, num_check=num_check,
+                        hub_timeout_s=hub_timeout_s)
     cfg.check()
     if backend == "hub":
         from .hub import client_config
@@ -152,6 +154,7 @@ def profile(
     runs: int = 50,
     warmup: int = 5,
     threads: int | None = None,
+    hub_timeout_s: float = 3600.0,
     arch: str | None = None,
     allow_code_execution: bool = False,
     step: Callable[[str], None] = lambda msg: None,
@@ -166,6 +169,8 @@ def profile(
     from .profile import ProfileOutcome, fp32_and_int8, profile_cpu_models, profile_hub
 
     dev = resolve_device(device)
+    ccfg = CompileConfig(device=device, backend="hub", hub_timeout_s=hub_timeout_s)
+    ccfg.check()
     notices: list[str] = []
     backend = resolve_backend(backend, notices)
     out = ProfileOutcome(backend, dev.name, notices=notices)
@@ -188,7 +193,7 @@ def profile(
         model = q.qdq_onnx
     else:
         check_model(model, "hub")
-    out.compiled, out.hub = profile_hub(model, out_dir, CompileConfig(device=device, backend="hub"), step)
+    out.compiled, out.hub = profile_hub(model, out_dir, ccfg, step)
     out.notices.extend(out.hub.notices)
     return out
 
@@ -205,6 +210,7 @@ def compare(
     runs: int = 30,
     warmup: int = 5,
     threads: int | None = None,
+    hub_timeout_s: float = 3600.0,
     allow_code_execution: bool = False,
     step: Callable[[str], None] = lambda msg: None,
 ):
@@ -223,5 +229,5 @@ def compare(
             raise ArchitectureError(f"--{fam} {path} holds a {ckpts[fam].arch.family} model, not {fam}")
     cfg = CompareConfig(resolutions=tuple(resolutions), device=device, backend=backend,
                         precision=precision, quant_backend=quant_backend, runs=runs,
-                        warmup=warmup, threads=threads)
+                        warmup=warmup, threads=threads, hub_timeout_s=hub_timeout_s)
     return run_compare(ckpts, out_dir, cfg, step)

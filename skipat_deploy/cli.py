@@ -34,6 +34,10 @@ SkipOpt = Annotated[Optional[str], typer.Option("--skip-indices", help="SkipAt b
 HeadDimOpt = Annotated[int, typer.Option("--head-dim", help="Attention head dim (heads are not stored in weights).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Target phone, by name or alias (`skipat-deploy devices`).")]
 UnsafeOpt = Annotated[bool, typer.Option("--allow-code-execution", help="Unpickle with arbitrary code execution (only for checkpoints you trust).")]
+BackendAutoOpt = Annotated[str, typer.Option("--backend", help="hub (the phone's NPU via AI Hub), cpu (ONNX Runtime here) or auto (hub when AI Hub is configured).")]
+RunsOpt = Annotated[int, typer.Option("--runs", help="Timed CPU runs per model (after warm-up).")]
+HubTimeoutOpt = Annotated[float, typer.Option("--hub-timeout", help="Seconds to wait for an AI Hub job before giving up (a re-run resumes it).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime CPU threads (default 1: stable figures on shared machines).")]
 
 
 class Run:
@@ -273,6 +277,7 @@ def compile_(
     target_runtime: Annotated[str, typer.Option(help="AI Hub target: qnn_context_binary, precompiled_qnn_onnx, onnx or tflite.")] = "qnn_context_binary",
     qairt_version: Annotated[Optional[str], typer.Option(help="Pin AI Hub's QAIRT compiler version, e.g. 2.40.")] = None,
     num_check: Annotated[int, typer.Option(help="Samples run on the HTP simulator and compared with the CPU QDQ model (local).")] = 2,
+    hub_timeout: HubTimeoutOpt = 3600.0,
     resolution: Annotated[int, typer.Option(help="With --ckpt: input size in px.")] = 224,
     precision: Annotated[str, typer.Option(help="With --ckpt: w8a8, w8a16 or mixed.")] = "w8a16",
     quant_backend: Annotated[str, typer.Option(help="With --ckpt: aimet or ort.")] = "aimet",
@@ -300,7 +305,7 @@ def compile_(
         with run.progress(total=50) as step:
             r = api.compile(
                 model, out, device=device, backend=backend, target_runtime=target_runtime,
-                qairt_version=qairt_version, num_check=num_check, ckpt=ckpt,
+                qairt_version=qairt_version, num_check=num_check, hub_timeout_s=hub_timeout, ckpt=ckpt,
                 resolution=resolution, precision=precision, quant_backend=quant_backend,
                 calib_dir=calib, num_calib=num_calib, arch=arch,
                 skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
@@ -351,9 +356,6 @@ def _artifact(kind: str, path: Path) -> dict:
     return dict(kind=kind, path=str(path))
 
 
-BackendAutoOpt = Annotated[str, typer.Option("--backend", help="hub (the phone's NPU via AI Hub), cpu (ONNX Runtime here) or auto (hub when AI Hub is configured).")]
-RunsOpt = Annotated[int, typer.Option("--runs", help="Timed CPU runs per model (after warm-up).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime CPU threads (default 1: stable figures on shared machines).")]
 
 
 @app.command()
@@ -366,6 +368,7 @@ def profile(
     precision: Annotated[str, typer.Option(help="INT8 flavour: w8a8 (default), w8a16, mixed (hub).")] = "w8a8",
     runs: RunsOpt = 50,
     threads: ThreadsOpt = None,
+    hub_timeout: HubTimeoutOpt = 3600.0,
     out: Annotated[Path, typer.Option("--out", help="Results folder (run records, raw profiles).")] = Path("profiles/results"),
     arch: ArchOpt = None,
     allow_code_execution: UnsafeOpt = False,
@@ -386,7 +389,7 @@ def profile(
         with run.progress(total=30) as step:
             r = api.profile(model, out, device=device, backend=backend, ckpt=ckpt,
                             resolution=resolution, precision=precision, runs=runs,
-                            threads=threads, arch=arch,
+                            threads=threads, hub_timeout_s=hub_timeout, arch=arch,
                             allow_code_execution=allow_code_execution, step=step)
         for n in r.notices:
             run.notice(n)
@@ -428,8 +431,10 @@ def compare(
     device: DeviceOpt = "Galaxy S22",
     backend: BackendAutoOpt = "auto",
     precision: Annotated[str, typer.Option(help="INT8 flavour: w8a8 (default) or w8a16.")] = "w8a8",
+    quant_backend: Annotated[str, typer.Option(help="hub: quantize the models sent to the phone with aimet (default) or ort.")] = "aimet",
     runs: RunsOpt = 30,
     threads: ThreadsOpt = None,
+    hub_timeout: HubTimeoutOpt = 3600.0,
     out: Annotated[Path, typer.Option("--out", help="Where compare.md / .json / .csv / .png go.")] = Path("profiles/results"),
     allow_code_execution: UnsafeOpt = False,
     as_json: JsonOpt = False,
@@ -448,7 +453,8 @@ def compare(
                            "architecture (latency does not depend on the weight values)")
         with run.progress(total=8 * len(resolution) + 4) as step:
             r = api.compare(vit, skipat, out, resolutions=tuple(resolution), device=device,
-                            backend=backend, precision=precision, runs=runs, threads=threads,
+                            backend=backend, precision=precision, quant_backend=quant_backend,
+                            runs=runs, threads=threads, hub_timeout_s=hub_timeout,
                             allow_code_execution=allow_code_execution, step=step)
         for n in r.notices:
             run.notice(n)

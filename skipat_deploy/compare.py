@@ -41,6 +41,7 @@ class CompareConfig:
     runs: int = 30
     warmup: int = 5
     threads: int | None = None
+    hub_timeout_s: float = 3600.0
 
 
 @dataclass
@@ -150,7 +151,7 @@ def _hub_rows(ckpts, out_dir: Path, cfg: CompareConfig, device, step, notices) -
     from .quantize import QuantizeConfig, quantize
 
     client = hub_mod.client()
-    ccfg = CompileConfig(device=cfg.device, backend="hub")
+    ccfg = CompileConfig(device=cfg.device, backend="hub", hub_timeout_s=cfg.hub_timeout_s)
     models = {}
     for res in cfg.resolutions:
         for fam in FAMILIES:
@@ -166,7 +167,8 @@ def _hub_rows(ckpts, out_dir: Path, cfg: CompareConfig, device, step, notices) -
         profiles[k] = _submit_profile(client, sub, models[k], out_dir, device, step)
     figures = {}
     for k, (psub, reference, classifier) in profiles.items():
-        figures[k] = hub_mod.finish_profile(psub, models[k], out_dir, device, reference, step, classifier)
+        figures[k] = hub_mod.finish_profile(psub, models[k], out_dir, device, reference, step,
+                                            classifier, cfg.hub_timeout_s)
         notices.extend(figures[k].notices)
     rows = []
     for (fam, res), p in figures.items():

@@ -50,6 +50,7 @@ class CompileConfig:
     target_runtime: str = "qnn_context_binary"  # hub only; local always writes a context binary
     qairt_version: str | None = None  # hub only: pin the AI Hub compiler (QAIRT) version
     num_check: int = 2  # validation samples run on the HTP simulator (about 1 s each for ViT-T)
+    hub_timeout_s: float = 3600.0  # hub: give up waiting for a job after this long
 
     def check(self) -> DeviceProfile:
         if self.backend not in BACKENDS:
@@ -62,6 +63,8 @@ class CompileConfig:
                             "--target-runtime needs --backend hub")
         if self.num_check < 1:
             raise UserError("--num-check must be at least 1")
+        if self.hub_timeout_s <= 0:
+            raise UserError("--hub-timeout must be positive (seconds)")
         return resolve_device(self.device)
 
 

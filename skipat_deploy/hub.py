@@ -35,6 +35,7 @@ from .errors import UserError
 POLL_SECONDS = 15.0  # how often a running job's state is read
 RETRY_DELAYS = (5.0, 20.0, 60.0)  # backoff between attempts after a transient failure
 _sleep = time.sleep
+_clock = time.monotonic
 
 CONFIGURE_HINT = ("run `qai-hub configure --api_token <TOKEN>` (token: Account page of "
                   "https://workbench.aihub.qualcomm.com), or set QAIHUB_CLIENT_INI to a client.ini")
@@ -90,6 +91,10 @@ def call(fn: Callable, *args, what: str, **kwargs):
             with contextlib.redirect_stdout(sys.stderr):
                 return fn(*args, **kwargs)
         except (qai_hub.InternalError, RateLimitedError) as e:
+            if "Timeout occurred" in str(e):  # the client already waited through 7 timeouts
+                raise HubError(f"AI Hub did not answer while {what} (timed out after the "
+                               "client's own retries): check api_url in the client.ini "
+                               "and the network") from None
             if attempt == len(RETRY_DELAYS):
                 raise HubError(f"AI Hub stayed unavailable while {what} "
                                f"({len(RETRY_DELAYS) + 1} attempts): {_first_line(e)}") from None
@@ -137,9 +142,12 @@ def job_entry(job, kind: str, identity: dict) -> dict:
     return dict(kind=kind, id=job.job_id, url=job.url, status="SUBMITTED", **identity)
 
 
-def wait(job, entry: dict, record: RunRecord, key: str, step: Callable[[str], None]) -> dict:
-    """Poll ``job`` until it ends; the record follows its state. A FAILED job is one line."""
+def wait(job, entry: dict, record: RunRecord, key: str, step: Callable[[str], None],
+         timeout_s: float) -> dict:
+    """Poll ``job`` until it ends; the record follows its state. A FAILED job, or one still
+    running after ``timeout_s``, is one line (a re-run resumes the recorded job)."""
     seen = None
+    deadline = _clock() + timeout_s
     while True:
         status = call(job.get_status, what=f"reading job {job.job_id}")
         if status.code != seen:
@@ -149,6 +157,10 @@ def wait(job, entry: dict, record: RunRecord, key: str, step: Callable[[str], No
             step(f"AI Hub {entry['kind']} job {job.job_id}: {status.code}")
         if status.finished:
             break
+        if _clock() >= deadline:
+            raise HubError(f"AI Hub {entry['kind']} job {job.job_id} is still {status.code} after "
+                           f"{timeout_s:.0f} s (--hub-timeout); run the same command again to keep "
+                           f"waiting for it ({job.url})")
         _sleep(POLL_SECONDS)
     if status.failure:
         entry["failure"] = status.message
@@ -236,7 +248,7 @@ def finish_compile(sub: Submitted, model: Path, out_dir: Path, cfg: CompileConfi
     import qai_hub
 
     t0 = time.perf_counter() if t0 is None else t0
-    entry = wait(sub.job, sub.entry, sub.record, sub.key, step)
+    entry = wait(sub.job, sub.entry, sub.record, sub.key, step, cfg.hub_timeout_s)
     stem = output_stem(model, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".compile-") as tmp_s:
@@ -336,12 +348,12 @@ def submit_profile(hub, compiled: Submitted, model: Path, out_dir: Path, device:
 
 def finish_profile(sub: Submitted, model: Path, out_dir: Path, device: DeviceProfile,
                    reference: dict | None, step: Callable[[str], None] = lambda msg: None,
-                   classifier: bool = True) -> HubProfile:
+                   classifier: bool = True, timeout_s: float = 3600.0) -> HubProfile:
     """Wait for the profiling job; keep its raw profile; compare the phone's outputs with
     ``reference`` (output name -> the local model's output on the same input)."""
     from .compile import compare
 
-    entry = wait(sub.job, sub.entry, sub.record, sub.key, step)
+    entry = wait(sub.job, sub.entry, sub.record, sub.key, step, timeout_s)
     doc = call(sub.job.download_profile, what=f"downloading the profile of job {sub.job.job_id}")
     figures = parse_profile(doc)
     raw = out_dir / f"{output_stem(model, device)}.profile.json"

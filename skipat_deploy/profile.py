@@ -31,7 +31,8 @@ def profile_hub(model: str | Path, out_dir: str | Path, cfg: CompileConfig = Com
     sub = hub_mod.submit_compile(client, model, out_dir, cfg, device, step)
     compiled = hub_mod.finish_compile(sub, model, out_dir, cfg, device, step)
     psub, reference, classifier = _submit_profile(client, sub, model, out_dir, device, step)
-    prof = hub_mod.finish_profile(psub, model, out_dir, device, reference, step, classifier)
+    prof = hub_mod.finish_profile(psub, model, out_dir, device, reference, step, classifier,
+                                  cfg.hub_timeout_s)
     return compiled, prof
 
 

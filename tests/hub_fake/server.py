@@ -445,6 +445,7 @@ class _Response:
     body: bytes = b""
     content_type: str = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
+    truncate_to: int | None = None  # send only this many body bytes, then drop the connection
 
 
 # --------------------------------------------------------------------------------------------
@@ -675,7 +676,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         if method != "HEAD":
-            self.wfile.write(response.body)
+            if response.truncate_to is None:
+                self.wfile.write(response.body)
+            else:  # a download cut short: Content-Length promises more than arrives
+                self.wfile.write(response.body[: response.truncate_to])
+                self.wfile.flush()
+                self.close_connection = True
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -746,6 +752,7 @@ class FakeHubServer:
         self.sleeps: Any = None  # set by the pytest fixture: the client's (faked) sleeps
 
         self._faults: list[_Fault] = []
+        self._truncations: list[list] = []  # [substring, remaining, keep]
         self._counters: dict[str, int] = {}
         self._secret = secrets.token_bytes(16)
         self._lock = threading.RLock()
@@ -849,9 +856,17 @@ class FakeHubServer:
                 _Fault(endpoint_substring, status, count, method and method.upper(), body, headers)
             )
 
+    def truncate_next(self, endpoint_substring: str, count: int | None = 1, keep: float = 0.5) -> None:
+        """Answer the next ``count`` GETs whose path contains ``endpoint_substring`` normally,
+        but cut the body after ``keep`` of its bytes and drop the connection (a truncated
+        download; the Content-Length header still promises the whole body)."""
+        with self._lock:
+            self._truncations.append([endpoint_substring, count, keep])
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._truncations.clear()
 
     def count_requests(self, method: str | None = None, contains: str = "") -> int:
         """Number of recorded requests with this method (any if None) whose path contains
@@ -876,6 +891,8 @@ class FakeHubServer:
             self.request_log.append(RecordedRequest(method, path, query, 0, len(body)))
         try:
             response = self._route(method, path, query, headers, body)
+            if method == "GET" and response.status == 200:
+                response.truncate_to = self._take_truncation(path, len(response.body))
         except _HttpError as e:
             response = _json_error(e.status, e.detail)
         except Exception:  # noqa: BLE001  (a bug in the fake: answer 500, keep the traceback)
@@ -886,6 +903,16 @@ class FakeHubServer:
         with self._lock:
             self.request_log[index] = self.request_log[index]._replace(status=response.status)
         return response
+
+    def _take_truncation(self, path: str, size: int) -> int | None:
+        with self._lock:
+            for t in self._truncations:
+                substring, remaining, keep = t
+                if substring in path and (remaining is None or remaining > 0):
+                    if remaining is not None:
+                        t[1] = remaining - 1
+                    return int(size * keep)
+        return None
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
         with self._lock:
