@@ -16,7 +16,7 @@ from .predict import Prediction, predict
 
 DEFAULT_ARCH = "skipat_tiny_patch16"
 
-__all__ = ["compare", "compile", "export", "load", "predict", "profile", "quantize", "ExportResult", "Prediction", "DEFAULT_ARCH"]
+__all__ = ["bundle", "compare", "compile", "export", "load", "predict", "profile", "quantize", "verify", "ExportResult", "Prediction", "DEFAULT_ARCH"]
 
 
 def load(
@@ -231,3 +231,42 @@ def compare(
                         precision=precision, quant_backend=quant_backend, runs=runs,
                         warmup=warmup, threads=threads, hub_timeout_s=hub_timeout_s)
     return run_compare(ckpts, out_dir, cfg, step)
+
+
+def bundle(
+    ckpt: str | Path | None,
+    out_dir: str | Path = "export/bundle",
+    devices: tuple[str, ...] = ("Galaxy S22",),
+    resolutions: tuple[int, ...] = (224,),
+    precision: str = "w8a16",
+    quant_backend: str = "aimet",
+    calib_dir: str | Path | None = None,
+    num_calib: int = 64,
+    zip: bool = False,
+    arch: str | None = None,
+    skip_indices: tuple[int, ...] | None = None,
+    head_dim: int = 64,
+    allow_code_execution: bool = False,
+    step: Callable[[str], None] = lambda msg: None,
+):
+    """An app bundle per resolution (:mod:`skipat_deploy.bundle`); returns a BundleResult."""
+    from .bundle import BundleConfig, bundle as run_bundle
+    from .devices import resolve_device
+    from .quantize import QuantizeConfig
+
+    for d in devices:
+        resolve_device(d)
+    QuantizeConfig(precision=precision, backend=quant_backend, device=devices[0],
+                   calib_dir=Path(calib_dir) if calib_dir else None).check()
+    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
+    cfg = BundleConfig(devices=tuple(devices), resolutions=tuple(resolutions), precision=precision,
+                       quant_backend=quant_backend, num_calib=num_calib,
+                       calib_dir=Path(calib_dir) if calib_dir else None, zip=zip)
+    return run_bundle(loaded, out_dir, cfg, step)
+
+
+def verify(folder: str | Path):
+    """Check an app bundle; returns a VerifyResult or raises BundleError naming the file."""
+    from .bundle import verify as run_verify
+
+    return run_verify(folder)

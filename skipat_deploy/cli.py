@@ -477,6 +477,74 @@ def compare(
 
 
 @app.command()
+def bundle(
+    ckpt: CkptOpt = None,
+    device: Annotated[list[str], typer.Option("--device", help="Target phone (repeatable; `skipat-deploy devices`).")] = ["Galaxy S22"],
+    resolution: Annotated[list[int], typer.Option(help="Input size in px (repeatable).")] = [224],
+    precision: Annotated[str, typer.Option(help="w8a8, w8a16 or mixed.")] = "w8a16",
+    quant_backend: Annotated[str, typer.Option(help="aimet (default) or ort.")] = "aimet",
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration image folder (default: bundled photos).")] = None,
+    num_calib: Annotated[int, typer.Option(help="Calibration samples.")] = 64,
+    zip_: Annotated[bool, typer.Option("--zip", help="Also write <folder>.zip.")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Where the bundle folders go.")] = Path("export/bundle"),
+    arch: ArchOpt = None,
+    skip_indices: SkipOpt = None,
+    head_dim: HeadDimOpt = 64,
+    allow_code_execution: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Build an app bundle: float + QDQ ONNX, .aimet, QNN context binaries per device, labels,
+    manifest.json with the I/O contract, checksums, versions and measured figures."""
+    from . import api
+
+    run = Run("bundle", as_json, debug)
+
+    def body():
+        _notice_fresh(run, ckpt, arch, "bundling")
+        with run.progress(total=40 * len(resolution)) as step:
+            r = api.bundle(ckpt, out, devices=tuple(device), resolutions=tuple(resolution),
+                           precision=precision, quant_backend=quant_backend, calib_dir=calib,
+                           num_calib=num_calib, zip=zip_, arch=arch,
+                           skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
+                           allow_code_execution=allow_code_execution, step=step)
+        for n in r.notices:
+            run.notice(n)
+        for folder, manifest in zip(r.folders, r.manifests):
+            run.artifacts.append(dict(kind="bundle", path=str(folder)))
+            run.artifacts.append(_artifact("manifest", manifest))
+        for z in r.zips:
+            run.artifacts.append(_artifact("bundle_zip", z))
+        run.results.append(dict(folders=[str(f) for f in r.folders], seconds=r.seconds))
+        if not as_json:
+            for folder in r.folders:
+                Console().print(f"bundle: {folder}", highlight=False)
+
+    guarded(run, body)
+
+
+@app.command()
+def verify(
+    folder: Annotated[Path, typer.Argument(help="A bundle folder (holding manifest.json).")],
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Check a bundle: manifest schema, every file's size and sha256, CPU smoke inference."""
+    from . import api
+
+    run = Run("verify", as_json, debug)
+
+    def body():
+        r = api.verify(folder)
+        run.results.append(dict(folder=str(r.folder), files_checked=r.files_checked, smoke=r.smoke))
+        if not as_json:
+            Console().print(f"{r.folder}: OK ({r.files_checked} files match the manifest; "
+                            f"{len(r.smoke)} CPU models ran)", highlight=False)
+
+    guarded(run, body)
+
+
+@app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     model: Annotated[Path, typer.Option(help="ONNX exported by `skipat-deploy export`.")],
