@@ -349,17 +349,25 @@ def _adaround(model: nn.Module, dummy, batches, config_file: str, folder: str) -
 
 
 def _qat(sim, model: nn.Module, xc: torch.Tensor, steps: int, step=lambda s: None) -> None:
-    """Distillation fine-tune of the simulation (weights and quantizer ranges) toward the float
-    model's outputs on the calibration images."""
-    sim.model.train()
-    opt = torch.optim.Adam(sim.model.parameters(), lr=1e-5)
+    """Distillation fine-tune of the quantizer ranges toward the float model's outputs on the
+    calibration images; the weights stay frozen (on their GPTQ grid). Learning everything at a
+    small learning rate made DINOv2 w8a8 worse (14.0 -> 10.8 dB after 60 steps); learning only
+    the ranges gave 14.2 -> 15.3 dB after 40 steps (Adam 1e-3, batch 8, relative output MSE)."""
+    ranges = []
+    for name, p in sim.model.named_parameters():
+        if "quantizer" in name:
+            ranges.append(p)
+        else:
+            p.requires_grad_(False)
+    opt = torch.optim.Adam(ranges, lr=1e-3)
     gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        targets = torch.cat([model(b) for b in xc.split(CALIB_BATCH)])
+    sim.model.train()
     for i in range(steps):
-        idx = torch.randint(0, len(xc), (min(4, len(xc)),), generator=gen)
-        x = xc[idx]
-        with torch.no_grad():
-            target = model(x)
-        loss = torch.nn.functional.mse_loss(sim.model(x), target)
+        idx = torch.randint(0, len(xc), (min(CALIB_BATCH, len(xc)),), generator=gen)
+        target = targets[idx]
+        loss = ((sim.model(xc[idx]) - target) ** 2).sum() / (target**2).sum().clamp_min(1e-12)
         opt.zero_grad()
         loss.backward()
         opt.step()
