@@ -165,12 +165,10 @@ def profile(
     Returns a :class:`skipat_deploy.profile.ProfileOutcome`."""
     from .compare import resolve_backend
     from .compile import CompileConfig, check_model
-    from .devices import resolve_device
     from .profile import ProfileOutcome, fp32_and_int8, profile_cpu_models, profile_hub
 
-    dev = resolve_device(device)
     ccfg = CompileConfig(device=device, backend="hub", hub_timeout_s=hub_timeout_s)
-    ccfg.check()
+    dev = ccfg.check()
     notices: list[str] = []
     backend = resolve_backend(backend, notices)
     out = ProfileOutcome(backend, dev.name, notices=notices)

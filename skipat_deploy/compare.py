@@ -147,7 +147,7 @@ def _hub_rows(ckpts, out_dir: Path, cfg: CompareConfig, device, step, notices) -
     compile finishes; await them together. Jobs are recorded in ``out_dir`` (re-runs resume)."""
     from . import hub as hub_mod
     from .compile import CompileConfig
-    from .profile import _submit_profile
+    from .profile import submit_device_profile
     from .quantize import QuantizeConfig, quantize
 
     client = hub_mod.client()
@@ -164,7 +164,7 @@ def _hub_rows(ckpts, out_dir: Path, cfg: CompareConfig, device, step, notices) -
     profiles = {}
     for k, sub in subs.items():
         hub_mod.finish_compile(sub, models[k], out_dir, ccfg, device, step)
-        profiles[k] = _submit_profile(client, sub, models[k], out_dir, device, step)
+        profiles[k] = submit_device_profile(client, sub, models[k], out_dir, device, step)
     figures = {}
     for k, (psub, reference, classifier) in profiles.items():
         figures[k] = hub_mod.finish_profile(psub, models[k], out_dir, device, reference, step,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import onnx
 
+from ._io import atomic_path
 from .compile import (
     CompileConfig,
     CompileError,
@@ -132,10 +133,8 @@ class RunRecord:
     def put(self, key: str, entry: dict) -> None:
         doc = self.load()
         doc["jobs"][key] = entry
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staged = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
-        staged.write_text(json.dumps(doc, indent=2) + "\n")
-        os.replace(staged, self.path)
+        with atomic_path(self.path) as staged:
+            staged.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def job_entry(job, kind: str, identity: dict) -> dict:
@@ -357,9 +356,8 @@ def finish_profile(sub: Submitted, model: Path, out_dir: Path, device: DevicePro
     doc = call(sub.job.download_profile, what=f"downloading the profile of job {sub.job.job_id}")
     figures = parse_profile(doc)
     raw = out_dir / f"{output_stem(model, device)}.profile.json"
-    staged = raw.with_name(f".{raw.name}.partial")
-    staged.write_text(json.dumps(doc, indent=2, default=list) + "\n")
-    os.replace(staged, raw)
+    with atomic_path(raw) as staged:
+        staged.write_text(json.dumps(doc, indent=2, default=list) + "\n")
     check = None
     if reference:
         outputs = call(sub.job.download_output_data, what=f"downloading the outputs of job {sub.job.job_id}")

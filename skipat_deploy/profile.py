@@ -30,13 +30,13 @@ def profile_hub(model: str | Path, out_dir: str | Path, cfg: CompileConfig = Com
     out_dir.mkdir(parents=True, exist_ok=True)
     sub = hub_mod.submit_compile(client, model, out_dir, cfg, device, step)
     compiled = hub_mod.finish_compile(sub, model, out_dir, cfg, device, step)
-    psub, reference, classifier = _submit_profile(client, sub, model, out_dir, device, step)
+    psub, reference, classifier = submit_device_profile(client, sub, model, out_dir, device, step)
     prof = hub_mod.finish_profile(psub, model, out_dir, device, reference, step, classifier,
                                   cfg.hub_timeout_s)
     return compiled, prof
 
 
-def _submit_profile(client, compiled_sub, model: Path, out_dir: Path, device, step):
+def submit_device_profile(client, compiled_sub, model: Path, out_dir: Path, device, step):
     """Submit the profiling job with one real photo as input; the local QDQ model's output on
     the same photo is the reference the phone's output is compared with."""
     import onnx
