@@ -352,7 +352,8 @@ def _qat(sim, model: nn.Module, xc: torch.Tensor, steps: int, step=lambda s: Non
     """Distillation fine-tune of the quantizer ranges toward the float model's outputs on the
     calibration images; the weights stay frozen (on their GPTQ grid). Learning everything at a
     small learning rate made DINOv2 w8a8 worse (14.0 -> 10.8 dB after 60 steps); learning only
-    the ranges gave 14.2 -> 15.3 dB after 40 steps (Adam 1e-3, batch 8, relative output MSE)."""
+    the ranges (Adam 1e-3, batch 8, relative output MSE) gave 14.08 -> 14.83 dB for the QDQ
+    model after 40 steps."""
     ranges = []
     for name, p in sim.model.named_parameters():
         if "quantizer" in name:
