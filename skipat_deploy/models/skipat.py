@@ -43,7 +43,7 @@ class SkipAtPhi(nn.Module):
     the official code's token -> image -> token transposes around the depthwise conv are gone,
     and a chain of Φs passes grids from one to the next (what it computes is unchanged)."""
 
-    def __init__(self, dim: int, grid: int):
+    def __init__(self, dim: int):
         super().__init__()
         hidden = 2 * dim
         self.linear1 = nn.Sequential(Pointwise(dim, hidden), nn.GELU())
@@ -61,7 +61,7 @@ class VisionTransformerSkipAt(VisionTransformer):
     def __init__(self, arch: ArchConfig, grid: int | None = None):
         super().__init__(arch, grid)
         for k in range(arch.num_phi):
-            self.add_module(f"param_{k + 1}", SkipAtPhi(arch.embed_dim, self.grid))
+            self.add_module(f"param_{k + 1}", SkipAtPhi(arch.embed_dim))
         self.phi_concats = nn.ModuleList(Concat(dim=1) for _ in range(arch.num_phi))
         # Skipped blocks keep their (unused) attention weights: the checkpoints carry them.
         self.skip_indices = frozenset(arch.skip_indices)
