@@ -56,6 +56,7 @@ class CompareRow:
     speedup_vs_vit: float
     paper_ms: float | None
     measured_on: str
+    device_vs_cpu_sqnr_db: float | None = None  # hub: the phone's output vs the local QDQ model
 
 
 @dataclass
@@ -179,7 +180,8 @@ def _hub_rows(ckpts, out_dir: Path, cfg: CompareConfig, device, step, notices) -
             latency_ms=p.estimated_inference_ms, p90_ms=None, int8_latency_ms=None,
             ratio_vs_vit=ratio, speedup_vs_vit=1 / ratio,
             paper_ms=PAPER_S22_MS.get((fam, res)) if device.name == "Galaxy S22" else None,
-            measured_on=f"{p.hub_device} via AI Hub ({cfg.precision}; layers: {units})"))
+            measured_on=f"{p.hub_device} via AI Hub ({cfg.precision}; layers: {units})",
+            device_vs_cpu_sqnr_db=None if p.device_check is None else p.device_check.sqnr_db))
     return rows
 
 
@@ -217,6 +219,8 @@ def markdown(result: CompareResult) -> str:
     with_paper = any(r.paper_ms is not None for r in result.rows)
     if with_paper:
         head.append("paper, S22 NPU INT8 ms")
+    if not cpu:
+        head.append("phone vs local QDQ SQNR")
     lines = [f"# ViT-T vs SkipAt: {result.device}, {result.backend}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result.rows:
@@ -226,6 +230,9 @@ def markdown(result: CompareResult) -> str:
         cells += [f"{r.ratio_vs_vit:.3f}", f"{r.speedup_vs_vit:.2f}x"]
         if with_paper:
             cells.append("-" if r.paper_ms is None else f"{r.paper_ms:.2f}")
+        if not cpu:
+            sq = r.device_vs_cpu_sqnr_db
+            cells.append("-" if sq is None else f"{sq:.1f} dB")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Measured on: {result.rows[0].measured_on}."]
     lines += [f"Note: {n}" for n in result.notices]

@@ -148,4 +148,6 @@ def test_compare_on_hub_has_the_same_table_shape(tmp_path, nano_ckpts, hub):
     assert rows[("vit", 224)].latency_ms == 2.0 and rows[("skipat", 224)].latency_ms == 1.5
     assert rows[("skipat", 224)].ratio_vs_vit == pytest.approx(0.75)
     assert "AI Hub" in rows[("vit", 224)].measured_on
+    assert rows[("vit", 224)].device_vs_cpu_sqnr_db is not None
+    assert "phone vs local QDQ SQNR" in (tmp_path / "compare.md").read_text()
     assert (tmp_path / "compare.png").is_file() and (tmp_path / "compare.csv").is_file()
