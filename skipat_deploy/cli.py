@@ -471,7 +471,7 @@ def compare(
             from .compare import markdown
 
             table = [ln for ln in markdown(r).splitlines() if not ln.startswith("Note: ")]
-            Console().print("\n".join(table), highlight=False)
+            Console().print("\n".join(table), highlight=False, soft_wrap=True)
 
     guarded(run, body)
 
