@@ -97,7 +97,7 @@ def compare(ckpts: dict[str, object], out_dir: str | Path, cfg: CompareConfig = 
     device = resolve_device(cfg.device)
     notices: list[str] = []
     backend = resolve_backend(cfg.backend, notices)
-    for fam, ck in ckpts.items():
+    for ck in ckpts.values():
         for r in cfg.resolutions:
             check_resolution(r, ck.arch.patch_size)
     out_dir = Path(out_dir)
