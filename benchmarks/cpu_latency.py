@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from skipat_deploy import api
-from skipat_deploy.latency import interleaved, pair_ratio
+from skipat_deploy.measure.latency import interleaved, pair_ratio
 
 
 

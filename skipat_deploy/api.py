@@ -1,5 +1,8 @@
 """Python API: what the CLI calls, one function per command.
 
+Each function turns plain arguments into the stage's config, loads the checkpoint, and calls
+the stage (given an artifact) or :mod:`skipat_deploy.pipeline` (given a checkpoint).
+
     >>> from skipat_deploy import api
     >>> results = api.export("skipat_tiny.t7", "export/", resolutions=(224, 384))
     >>> api.predict(results[0].path, ["cat.jpg"])
@@ -12,7 +15,7 @@ from pathlib import Path
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .export import ExportConfig, ExportResult, export_onnx, fresh_checkpoint
-from .predict import Prediction, predict
+from .measure.predict import Prediction, predict
 
 DEFAULT_ARCH = "skipat_tiny_patch16"
 
@@ -74,8 +77,8 @@ def quantize(
     allow_code_execution: bool = False,
     step: Callable[[str], None] = lambda msg: None,
 ):
-    """Quantize for the NPU; returns a :class:`skipat_deploy.quantize.QuantizeResult`."""
-    from .quantize import QuantizeConfig, quantize as run_quantize
+    """Quantize for the NPU; returns a :class:`skipat_deploy.quant.QuantizeResult`."""
+    from .quant import QuantizeConfig, quantize as run_quantize
 
     cfg = QuantizeConfig(
         resolution=resolution, precision=precision, backend=backend, device=device,
@@ -111,36 +114,34 @@ def compile(
 ):
     """Compile ``model`` (a QDQ ONNX, or for AI Hub also a ``.aimet`` folder) for ``device``'s
     NPU; without ``model``, export and quantize ``ckpt`` (None: freshly initialised ``arch``)
-    first. Returns a :class:`skipat_deploy.compile.CompileResult` (its ``quantized`` holds the
+    first. Returns a :class:`skipat_deploy.npu.CompileResult` (its ``quantized`` holds the
     quantization result when that ran)."""
-    from .compile import CompileConfig, check_model, compile_local
+    from .npu.compile import CompileConfig, check_model, compile_local
 
     cfg = CompileConfig(device=device, backend=backend, target_runtime=target_runtime,
                         qairt_version=qairt_version, num_check=num_check,
                         hub_timeout_s=hub_timeout_s)
     cfg.check()
     if backend == "hub":
-        from .hub import client_config
+        from .npu.hub import client_config
 
         client_config()  # not configured: say so now, not after quantizing
-    quantized = None
     if model is None:
-        quantized = quantize(ckpt, out_dir, resolution=resolution, precision=precision,
-                             backend=quant_backend, device=device, calib_dir=calib_dir,
-                             num_calib=num_calib, arch=arch, skip_indices=skip_indices,
-                             head_dim=head_dim, allow_code_execution=allow_code_execution,
-                             step=step)
-        model = quantized.qdq_onnx
-    else:
-        check_model(model, backend)
-    if backend == "hub":
-        from .hub import compile_hub
+        from .pipeline import quantize_and_compile
+        from .quant import QuantizeConfig
 
-        result = compile_hub(model, out_dir, cfg, step)
-    else:
-        result = compile_local(model, out_dir, cfg, step)
-    result.quantized = quantized
-    return result
+        qcfg = QuantizeConfig(resolution=resolution, precision=precision, backend=quant_backend,
+                              device=device, calib_dir=Path(calib_dir) if calib_dir else None,
+                              num_calib=num_calib)
+        qcfg.check()
+        loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
+        return quantize_and_compile(loaded, out_dir, qcfg, cfg, step)
+    check_model(model, backend)
+    if backend == "hub":
+        from .npu.hub import compile_hub
+
+        return compile_hub(model, out_dir, cfg, step)
+    return compile_local(model, out_dir, cfg, step)
 
 
 def profile(
@@ -162,35 +163,29 @@ def profile(
     """Latency of one model. ``hub``: compile + a profiling inference job on the phone (a QDQ
     ``model``, or ``ckpt`` quantized at ``precision`` first); ``cpu``: ONNX Runtime here (the
     given ``model``, or the FP32 and INT8 exports of ``ckpt``); ``auto``: hub when configured.
-    Returns a :class:`skipat_deploy.profile.ProfileOutcome`."""
-    from .compare import resolve_backend
-    from .compile import CompileConfig, check_model
-    from .profile import ProfileOutcome, fp32_and_int8, profile_cpu_models, profile_hub
+    Returns a :class:`skipat_deploy.measure.profile.ProfileOutcome`."""
+    from .measure.compare import resolve_backend
+    from .measure.profile import ProfileOutcome, profile_cpu_models, profile_hub
+    from .npu.compile import CompileConfig, check_model
 
     ccfg = CompileConfig(device=device, backend="hub", hub_timeout_s=hub_timeout_s)
     dev = ccfg.check()
     notices: list[str] = []
     backend = resolve_backend(backend, notices)
+    if model is None:
+        from .pipeline import profile_checkpoint
+
+        loaded = load(ckpt, arch, allow_code_execution=allow_code_execution)
+        out = profile_checkpoint(loaded, Path(out_dir), backend, resolution, precision, ccfg,
+                                 runs, warmup, threads, step)
+        out.notices[:0] = notices
+        return out
     out = ProfileOutcome(backend, dev.name, notices=notices)
     if backend == "cpu":
-        if model is not None:
-            models = [Path(model)]
-        else:
-            from .export import check_resolution
-
-            loaded = load(ckpt, arch, allow_code_execution=allow_code_execution)
-            check_resolution(resolution, loaded.arch.patch_size)
-            models = fp32_and_int8(loaded, resolution, precision, Path(out_dir), step)
         step(f"timing on the CPU ({runs} runs)")
-        out.cpu = profile_cpu_models(models, runs, warmup, threads)
+        out.cpu = profile_cpu_models([Path(model)], runs, warmup, threads)
         return out
-    if model is None:
-        q = quantize(ckpt, out_dir, resolution=resolution, precision=precision, device=device,
-                     arch=arch, allow_code_execution=allow_code_execution, step=step)
-        out.notices.extend(q.notices)
-        model = q.qdq_onnx
-    else:
-        check_model(model, "hub")
+    check_model(model, "hub")
     out.compiled, out.hub = profile_hub(model, out_dir, ccfg, step)
     out.notices.extend(out.hub.notices)
     return out
@@ -214,8 +209,9 @@ def compare(
 ):
     """ViT-T vs SkipAt at every resolution; without checkpoints, freshly initialised official
     architectures (latency does not depend on weight values). Returns a
-    :class:`skipat_deploy.compare.CompareResult`."""
-    from .compare import DEFAULT_ARCHS, CompareConfig, compare as run_compare
+    :class:`skipat_deploy.measure.compare.CompareResult`."""
+    from .measure.compare import DEFAULT_ARCHS, CompareConfig
+    from .pipeline import compare as run_compare
 
     ckpts = {}
     for fam, path in (("vit", vit), ("skipat", skipat)):
@@ -247,10 +243,11 @@ def bundle(
     allow_code_execution: bool = False,
     step: Callable[[str], None] = lambda msg: None,
 ):
-    """An app bundle per resolution (:mod:`skipat_deploy.bundle`); returns a BundleResult."""
-    from .bundle import BundleConfig, bundle as run_bundle
+    """An app bundle per resolution (:func:`skipat_deploy.pipeline.bundle`); returns a
+    BundleResult."""
     from .devices import resolve_device
-    from .quantize import QuantizeConfig
+    from .pipeline import BundleConfig, bundle as run_bundle
+    from .quant import QuantizeConfig
 
     for d in devices:
         resolve_device(d)

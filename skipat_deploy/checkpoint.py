@@ -11,7 +11,6 @@ resamples the position embedding the way timm does.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import pickle
 import re
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .files import sha256_file
 from .errors import ArchitectureError, CheckpointError, UnsafeCheckpointError
 from .models.config import DEFAULT_SKIP_INDICES, SKIPAT, VIT, ArchConfig
 from .models.registry import ModelSpec, build_model, get_spec, match_spec
@@ -72,14 +72,6 @@ class LoadedCheckpoint:
     @property
     def arch(self) -> ArchConfig:
         return self.spec.arch
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sniff(path: Path) -> str:

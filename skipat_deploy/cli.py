@@ -348,7 +348,7 @@ def compile_(
 
 
 def _artifact(kind: str, path: Path) -> dict:
-    from .checkpoint import sha256_file
+    from .files import sha256_file
 
     path = Path(path)
     if path.is_file():
@@ -468,7 +468,7 @@ def compare(
                 run.measure("skipat_vit_ratio", row.ratio_vs_vit, "", row.measured_on, subject)
         run.results.append(r.to_json())
         if not as_json:
-            from .compare import markdown
+            from .measure.compare import markdown
 
             table = [ln for ln in markdown(r).splitlines() if not ln.startswith("Note: ")]
             Console().print("\n".join(table), highlight=False, soft_wrap=True)

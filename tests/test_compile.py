@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from skipat_deploy import api
 from skipat_deploy.cli import app
-from skipat_deploy.compile import CompileConfig, compile_local
+from skipat_deploy.npu.compile import CompileConfig, compile_local
 from skipat_deploy.errors import UserError
 
 pytest.importorskip("onnxruntime_qnn")
@@ -35,7 +35,7 @@ def _files(folder):
 
 def test_local_compile_writes_a_context_binary_that_runs_on_the_htp(tmp_path, qdq):
     from skipat_deploy.devices import resolve_device
-    from skipat_deploy.qnn import htp_session
+    from skipat_deploy.npu.qnn import htp_session
 
     r = compile_local(qdq, tmp_path, CompileConfig(device="s22"))
     stem = "skipat_nano_patch16_224_w8a16_ort.sm8450"
@@ -80,7 +80,7 @@ def _erf_model(path):
 
 
 def test_a_node_the_npu_cannot_run_is_named_and_nothing_is_written(tmp_path):
-    from skipat_deploy.qnn import NpuPlacementError
+    from skipat_deploy.npu.qnn import NpuPlacementError
 
     model = _erf_model(tmp_path / "erf.onnx")
     out = tmp_path / "out"
@@ -145,7 +145,7 @@ def test_cli_compile_error_is_one_line(tmp_path):
 @pytest.fixture
 def hub(fake_hub, monkeypatch):
     """The fake AI Hub with our own polling and retry waits made instant."""
-    from skipat_deploy import hub as hub_mod
+    from skipat_deploy.npu import hub as hub_mod
 
     monkeypatch.setattr(hub_mod, "_sleep", lambda seconds: None)
     monkeypatch.setattr(hub_mod, "RETRY_DELAYS", (0.0, 0.0))
@@ -187,7 +187,7 @@ def test_hub_compile_downloads_the_binary_and_records_the_job(tmp_path, qdq, hub
 
 
 def test_hub_rerun_resumes_instead_of_resubmitting(tmp_path, qdq, hub, monkeypatch):
-    from skipat_deploy import hub as hub_mod
+    from skipat_deploy.npu import hub as hub_mod
 
     hub.polls_until_done = 3
 
@@ -214,7 +214,7 @@ def test_hub_transient_failures_are_retried(tmp_path, qdq, hub):
 
 
 def test_hub_persistent_outage_is_one_line(tmp_path, qdq, hub):
-    from skipat_deploy.hub import HubError
+    from skipat_deploy.npu.hub import HubError
 
     hub.fail_next("/jobs/", 500, count=None, method="GET")
     with pytest.raises(HubError, match="AI Hub stayed unavailable"):
@@ -234,7 +234,7 @@ def test_hub_wrong_token_is_one_line(tmp_path, qdq, hub, monkeypatch):
 
 
 def test_hub_failed_job_names_the_reason_and_a_rerun_resubmits(tmp_path, qdq, hub):
-    from skipat_deploy.compile import CompileError
+    from skipat_deploy.npu.compile import CompileError
 
     hub.job_outcome = ("FAILED", "Op Erf is not supported on this target")
     with pytest.raises(CompileError, match="FAILED: Op Erf is not supported") as e:

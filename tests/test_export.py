@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import pytest
 
-from skipat_deploy import export as export_mod
+from skipat_deploy.export import onnx_export as export_mod
 from skipat_deploy.checkpoint import load_checkpoint
 from skipat_deploy.errors import ExportValidationError, ResolutionError
 from skipat_deploy.export import ExportConfig, export_onnx, fresh_checkpoint, read_metadata
-from skipat_deploy.validate import cpu_session, validate_onnx
+from skipat_deploy.export import cpu_session, validate_onnx
 
 from .conftest import onnx_files
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from skipat_deploy import api
 from skipat_deploy.cli import app
-from skipat_deploy.hub import HubError
+from skipat_deploy.npu.hub import HubError
 
 from .hub_fake.speed import make_client_fast
 
@@ -42,7 +42,7 @@ class Clock:
 
 @pytest.fixture
 def hub(fake_hub, monkeypatch):
-    from skipat_deploy import hub as hub_mod
+    from skipat_deploy.npu import hub as hub_mod
 
     clock = Clock()
     monkeypatch.setattr(hub_mod, "_clock", clock)
@@ -81,7 +81,7 @@ def test_a_job_that_never_finishes_hits_the_timeout_and_a_rerun_resumes(tmp_path
 
 
 def test_connection_refused_mid_run_is_one_line_and_keeps_the_record(tmp_path, qdq, hub, monkeypatch):
-    from skipat_deploy import hub as hub_mod
+    from skipat_deploy.npu import hub as hub_mod
 
     hub.polls_until_done = 3
 
@@ -125,7 +125,7 @@ def test_failed_job_is_one_line_naming_the_reason(tmp_path, qdq, hub):
 
 def test_compare_killed_after_submitting_resumes_without_duplicates(tmp_path, nano_ckpts, hub,
                                                                      monkeypatch):
-    from skipat_deploy import hub as hub_mod
+    from skipat_deploy.npu import hub as hub_mod
 
     hub.polls_until_done = 2
     real_sleep = hub.clock.sleep

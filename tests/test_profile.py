@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from skipat_deploy import api
 from skipat_deploy.cli import app
 from skipat_deploy.errors import UserError
-from skipat_deploy.hub import parse_profile
+from skipat_deploy.npu.hub import parse_profile
 
 from .hub_fake import FakeLayer, ProfileConfig
 
@@ -81,7 +81,7 @@ def test_compare_refuses_swapped_checkpoints(tmp_path, nano_ckpts, no_hub):
 
 @pytest.fixture
 def hub(fake_hub, monkeypatch):
-    from skipat_deploy import hub as hub_mod
+    from skipat_deploy.npu import hub as hub_mod
 
     monkeypatch.setattr(hub_mod, "_sleep", lambda seconds: None)
     monkeypatch.setattr(hub_mod, "RETRY_DELAYS", (0.0,))
@@ -102,7 +102,7 @@ def test_parse_profile_of_a_realistic_document():
 
 
 def test_hub_profile_end_to_end(tmp_path, nano_ckpts, hub):
-    from skipat_deploy.validate import run_qdq_cpu
+    from skipat_deploy.export import run_qdq_cpu
 
     q = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path / "q", precision="w8a8",
                      backend="ort", num_calib=4, num_eval=2)

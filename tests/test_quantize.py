@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from skipat_deploy import api, calibration, equalize, gptq
+from skipat_deploy import api, calibration
+from skipat_deploy.quant import equalize, gptq
 from skipat_deploy.cli import app
 from skipat_deploy.errors import UserError
 from skipat_deploy.export import read_metadata
@@ -97,7 +98,7 @@ def test_qdq_runs_entirely_on_the_htp_backend(tmp_path, nano_ckpts, photos, prec
     """Every node placed on the NPU (CPU fallback off), on the x86-64 HTP simulator."""
     pytest.importorskip("onnxruntime_qnn")
     from skipat_deploy.devices import resolve_device
-    from skipat_deploy.qnn import htp_session
+    from skipat_deploy.npu.qnn import htp_session
 
     r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, precision=precision,
                      calib_dir=photos, **FAST)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from skipat_deploy import api
-from skipat_deploy.validate import cpu_session
+from skipat_deploy.export import cpu_session
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.layers import Pointwise
 from .equalize import run_with_hooks
-from .models.layers import Pointwise
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models.layers import Block
+from ..models.layers import Block
 
 
 @torch.no_grad()

@@ -1,13 +1,13 @@
 """ViT-T against SkipAt at 224 / 384: the question the toolchain exists to answer.
 
-Runs the whole pipeline for both models at every resolution and reports, per model and
+Given the models of both families at every resolution, measures and reports, per model and
 resolution, the latency, the SkipAt/ViT ratio and the speed-up, with the paper's Galaxy S22
 numbers beside when the device is the S22 (Table 3: NPU, INT8). Written into ``out_dir``:
 ``compare.md``, ``compare.json``, ``compare.csv`` and ``compare.png``.
 
-Backends: ``cpu`` (ONNX Runtime on this machine, FP32 and INT8, timed side by side) and ``hub``
-(the phone's NPU through AI Hub, :mod:`skipat_deploy.hub`); ``auto`` is hub when AI Hub is
-configured, else cpu.
+Backends: ``cpu`` (ONNX Runtime on this machine, FP32 and INT8, timed side by side,
+:func:`cpu_rows`) and ``hub`` (the phone's NPU through AI Hub, :func:`hub_rows`); ``auto`` is
+hub when AI Hub is configured, else cpu. Making the models is :mod:`skipat_deploy.pipeline`'s.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .devices import DEFAULT_DEVICE, resolve_device
-from .errors import UserError
-from .export import check_resolution
+from ..devices import DEFAULT_DEVICE, DeviceProfile
+from ..errors import UserError
+from ..npu import hub as hub_mod
+from ..npu.compile import CompileConfig
+from .latency import interleaved, pair_ratio
+from .profile import submit_device_profile
 
 FAMILIES = ("vit", "skipat")
 DEFAULT_ARCHS = {"vit": "vit_tiny_patch16", "skipat": "skipat_tiny_patch16"}
@@ -79,50 +80,24 @@ def resolve_backend(backend: str, notices: list[str]) -> str:
         raise UserError(f"unknown --backend {backend!r}: use auto, hub or cpu")
     if backend != "auto":
         return backend
-    from .hub import HubNotConfigured, client_config
-
     try:
-        client_config()
+        hub_mod.client_config()
         return "hub"
-    except HubNotConfigured:
+    except hub_mod.HubNotConfigured:
         notices.append("AI Hub is not configured: measuring on this machine's CPU (ONNX Runtime) "
                        "instead of the phone's NPU; `qai-hub configure --api_token <TOKEN>` to use a phone")
         return "cpu"
 
 
-def compare(ckpts: dict[str, object], out_dir: str | Path, cfg: CompareConfig = CompareConfig(),
-            step: Callable[[str], None] = lambda msg: None) -> CompareResult:
-    """``ckpts``: family -> LoadedCheckpoint (vit and skipat)."""
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
-    notices: list[str] = []
-    backend = resolve_backend(cfg.backend, notices)
-    for ck in ckpts.values():
-        for r in cfg.resolutions:
-            check_resolution(r, ck.arch.patch_size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".compare-") as tmp_s:
-        tmp = Path(tmp_s)
-        if backend == "cpu":
-            rows = _cpu_rows(ckpts, tmp, cfg, device, step, notices)
-        else:
-            rows = _hub_rows(ckpts, out_dir, cfg, device, step, notices)
-        result = CompareResult(backend, device.name, rows, {}, notices)
-        result.seconds = time.perf_counter() - t0
-        result.files = write_reports(result, tmp, out_dir)
-    return result
-
-
-def _cpu_rows(ckpts, tmp: Path, cfg: CompareConfig, device, step, notices) -> list[CompareRow]:
-    from .latency import interleaved, pair_ratio
-    from .profile import fp32_and_int8
-
+def cpu_rows(models: dict[tuple[str, int], tuple[Path, Path]], archs: dict[str, str],
+             cfg: CompareConfig, device: DeviceProfile, step: Callable[[str], None],
+             notices: list[str]) -> list[CompareRow]:
+    """``models``: (family, resolution) -> (FP32 ONNX, INT8 QDQ ONNX); ``archs``: family ->
+    architecture name."""
     rows = []
     for res in cfg.resolutions:
-        fp32, int8 = {}, {}
-        for fam in FAMILIES:
-            fp32[fam], int8[fam] = fp32_and_int8(ckpts[fam], res, cfg.precision, tmp / fam, step)
+        fp32 = {fam: models[(fam, res)][0] for fam in FAMILIES}
+        int8 = {fam: models[(fam, res)][1] for fam in FAMILIES}
         step(f"timing ViT and SkipAt at {res}px side by side ({cfg.runs} runs each)")
         # FP32 and INT8 pairs are timed in passes of their own: a model that runs right after
         # a different kind of model (cold caches) reads slower, which would bias the ratio.
@@ -136,7 +111,7 @@ def _cpu_rows(ckpts, tmp: Path, cfg: CompareConfig, device, step, notices) -> li
         for j, fam in enumerate(FAMILIES):
             ratio = pair_ratio(times, j, 0)
             rows.append(CompareRow(
-                model=fam, arch=ckpts[fam].spec.name, resolution=res,
+                model=fam, arch=archs[fam], resolution=res,
                 latency_ms=stats[j].median_ms, p90_ms=stats[j].p90_ms,
                 int8_latency_ms=int8_stats[j].median_ms, ratio_vs_vit=ratio,
                 speedup_vs_vit=1 / ratio,
@@ -147,24 +122,14 @@ def _cpu_rows(ckpts, tmp: Path, cfg: CompareConfig, device, step, notices) -> li
     return rows
 
 
-def _hub_rows(ckpts, out_dir: Path, cfg: CompareConfig, device, step, notices) -> list[CompareRow]:
-    """Quantize all four, submit every compile job at once, then every profiling job as its
-    compile finishes; await them together. Jobs are recorded in ``out_dir`` (re-runs resume)."""
-    from . import hub as hub_mod
-    from .compile import CompileConfig
-    from .profile import submit_device_profile
-    from .quantize import QuantizeConfig, quantize
-
+def hub_rows(models: dict[tuple[str, int], Path], archs: dict[str, str], out_dir: Path,
+             cfg: CompareConfig, device: DeviceProfile, step: Callable[[str], None],
+             notices: list[str]) -> list[CompareRow]:
+    """``models``: (family, resolution) -> QDQ ONNX. Submit every compile job at once, then
+    every profiling job as its compile finishes; await them together. Jobs are recorded in
+    ``out_dir`` (re-runs resume)."""
     client = hub_mod.client()
     ccfg = CompileConfig(device=cfg.device, backend="hub", hub_timeout_s=cfg.hub_timeout_s)
-    models = {}
-    for res in cfg.resolutions:
-        for fam in FAMILIES:
-            q = quantize(ckpts[fam], out_dir, QuantizeConfig(resolution=res, precision=cfg.precision,
-                                                             backend=cfg.quant_backend,
-                                                             device=cfg.device), step)
-            notices.extend(n for n in q.notices if n not in notices)
-            models[(fam, res)] = q.qdq_onnx
     subs = {k: hub_mod.submit_compile(client, m, out_dir, ccfg, device, step) for k, m in models.items()}
     profiles = {}
     for k, sub in subs.items():
@@ -180,7 +145,7 @@ def _hub_rows(ckpts, out_dir: Path, cfg: CompareConfig, device, step, notices) -
         ratio = p.estimated_inference_ms / figures[("vit", res)].estimated_inference_ms
         units = ", ".join(f"{n} {u}" for u, n in sorted(p.compute_units.items()))
         rows.append(CompareRow(
-            model=fam, arch=ckpts[fam].spec.name, resolution=res,
+            model=fam, arch=archs[fam], resolution=res,
             latency_ms=p.estimated_inference_ms, p90_ms=None, int8_latency_ms=None,
             ratio_vs_vit=ratio, speedup_vs_vit=1 / ratio,
             paper_ms=PAPER_S22_MS.get((fam, res)) if device.name == "Galaxy S22" else None,

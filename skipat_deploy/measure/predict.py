@@ -4,22 +4,14 @@ metadata says."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .export import read_metadata
-from .preprocess import Preprocess, load_image
-from .validate import cpu_session
-
-
-@lru_cache(maxsize=1)
-def imagenet_classes() -> tuple[str, ...]:
-    text = resources.files("skipat_deploy").joinpath("data/imagenet_classes.txt").read_text()
-    return tuple(text.splitlines())
+from ..errors import UserError
+from ..export import cpu_session, read_metadata
+from ..imagenet import imagenet_classes
+from ..preprocess import Preprocess, load_image
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ import torch
 import torch.fx
 from torch import nn
 
-from .models import layers as L
+from ..metrics import sqnr_db
+from ..models import layers as L
+from .report import LayerSensitivity
 
 _registered = False
 
@@ -250,12 +252,6 @@ def activation_modules(sim) -> list[str]:
     return [n for n, m in sim.model.named_modules() if _out_bw(m) is not None]
 
 
-def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
-    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
-    noise = np.sum((ref - test) ** 2)
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref**2) / noise))
-
-
 def export_qdq(sim, dummy: torch.Tensor, path: str, input_name: str, output_name: str) -> None:
     """One QDQ ONNX at opset 21 (16-bit Q/DQ need it; GELU stays one op)."""
     import aimet_torch.onnx as aimet_onnx
@@ -428,8 +424,6 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
             sim = make(SimPlan(8, tuple(promoted), htp_arch=device.htp_arch))
         if cfg.qat_steps:
             _qat(sim, model, xc, cfg.qat_steps, step)
-    from .quantize import LayerSensitivity
-
     bits = {n: _out_bw(m) for n, m in sim.model.named_modules()}
     sens = [LayerSensitivity(n, bits.get(n) or b, s, share[n]) for n, b, s in rows]
     with torch.no_grad():

@@ -21,17 +21,10 @@ from pathlib import Path
 
 import onnx
 
-from ._io import atomic_path
-from .compile import (
-    CompileConfig,
-    CompileError,
-    CompileResult,
-    output_stem,
-    sha256_path,
-    write_record,
-)
-from .devices import DeviceProfile
-from .errors import UserError
+from ..devices import DeviceProfile
+from ..errors import UserError
+from ..files import atomic_path, compiled_stem, sha256_path
+from .compile import CompileConfig, CompileError, CompileResult, npu_check, write_record
 
 POLL_SECONDS = 15.0  # how often a running job's state is read
 RETRY_DELAYS = (5.0, 20.0, 60.0)  # backoff between attempts after a transient failure
@@ -221,7 +214,7 @@ def _submit_or_resume(hub, record: RunRecord, key: str, identity: dict, submit: 
 
 def submit_compile(hub, model: Path, out_dir: Path, cfg: CompileConfig, device: DeviceProfile,
                    step: Callable[[str], None] = lambda msg: None) -> Submitted:
-    stem = output_stem(model, device)
+    stem = compiled_stem(model, device.soc)
     options = f"--target_runtime {cfg.target_runtime}"
     if cfg.qairt_version:
         options += f" --qairt_version {cfg.qairt_version}"
@@ -248,7 +241,7 @@ def finish_compile(sub: Submitted, model: Path, out_dir: Path, cfg: CompileConfi
 
     t0 = time.perf_counter() if t0 is None else t0
     entry = wait(sub.job, sub.entry, sub.record, sub.key, step, cfg.hub_timeout_s)
-    stem = output_stem(model, device)
+    stem = compiled_stem(model, device.soc)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".compile-") as tmp_s:
         tmp = Path(tmp_s)
@@ -297,7 +290,7 @@ class HubProfile:
     peak_memory_mb: tuple[float, float] | None
     compute_units: dict[str, int]  # layers that ran on NPU / GPU / CPU
     raw_profile: Path
-    device_check: object | None  # compile.NpuCheck: the phone's outputs vs the CPU QDQ model
+    device_check: object | None  # NpuCheck: the phone's outputs vs the CPU QDQ model
     jobs: list[dict]
     notices: list[str]
 
@@ -330,7 +323,7 @@ def parse_profile(doc: dict) -> dict:
 
 def submit_profile(hub, compiled: Submitted, model: Path, out_dir: Path, device: DeviceProfile,
                    inputs: dict, step: Callable[[str], None] = lambda msg: None) -> Submitted:
-    stem = output_stem(model, device)
+    stem = compiled_stem(model, device.soc)
     identity = dict(compile_job=compiled.job.job_id, hub_device=device.hub_devices[0])
 
     def submit():
@@ -350,12 +343,10 @@ def finish_profile(sub: Submitted, model: Path, out_dir: Path, device: DevicePro
                    classifier: bool = True, timeout_s: float = 3600.0) -> HubProfile:
     """Wait for the profiling job; keep its raw profile; compare the phone's outputs with
     ``reference`` (output name -> the local model's output on the same input)."""
-    from .compile import compare
-
     entry = wait(sub.job, sub.entry, sub.record, sub.key, step, timeout_s)
     doc = call(sub.job.download_profile, what=f"downloading the profile of job {sub.job.job_id}")
     figures = parse_profile(doc)
-    raw = out_dir / f"{output_stem(model, device)}.profile.json"
+    raw = out_dir / f"{compiled_stem(model, device.soc)}.profile.json"
     with atomic_path(raw) as staged:
         staged.write_text(json.dumps(doc, indent=2, default=list) + "\n")
     check = None
@@ -366,7 +357,7 @@ def finish_profile(sub: Submitted, model: Path, out_dir: Path, device: DevicePro
         if got is None and outputs and len(outputs) == 1:  # the runtime renamed the output
             got = next(iter(outputs.values()))
         if got:
-            check = compare([reference[name]], [got[0]], "1 sample of a real photo",
+            check = npu_check([reference[name]], [got[0]], "1 sample of a real photo",
                             f"{device.hub_devices[0]} (AI Hub)", classifier)
     entry["estimated_inference_ms"] = figures["estimated_inference_ms"]
     sub.record.put(sub.key, entry)

@@ -7,7 +7,7 @@ Two backends, one result type:
   fallback disabled, so success means every node runs on the NPU. The context binary is then
   loaded on the HTP backend (a simulator on x86-64) and its outputs are compared with the QDQ
   model on the CPU.
-* ``hub``: Qualcomm AI Hub compiles the model (:mod:`skipat_deploy.hub`).
+* ``hub``: Qualcomm AI Hub compiles the model (:mod:`skipat_deploy.npu.hub`).
 
 In ``out_dir``, for ``<stem>.qdq.onnx`` and a device with SoC ``sm8450``:
 ``<stem>.sm8450.ctx.onnx`` + ``<stem>.sm8450.ctx_qnn.bin`` (local) or the downloaded AI Hub
@@ -27,13 +27,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import calibration
-from .checkpoint import sha256_file
-from .devices import DEFAULT_DEVICE, DeviceProfile, resolve_device
-from .errors import UserError
-from .export import read_metadata
-from .preprocess import Preprocess
-from .validate import run_qdq_cpu
+from ..devices import DEFAULT_DEVICE, DeviceProfile, resolve_device
+from ..errors import UserError
+from ..export import run_qdq_cpu, sample_inputs
+from ..files import compiled_stem, sha256_path
+from ..metrics import quality
 
 BACKENDS = ("local", "hub")
 TARGET_RUNTIMES = ("qnn_context_binary", "precompiled_qnn_onnx", "onnx", "tflite")
@@ -110,27 +108,6 @@ class CompileResult:
         return d
 
 
-def output_stem(model: Path, device: DeviceProfile) -> str:
-    name = model.name
-    for suffix in (".qdq.onnx", ".onnx", ".aimet"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return f"{name}.{device.soc.lower()}"
-
-
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (names and contents, in name order)."""
-    if path.is_file():
-        return sha256_file(path)
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode() + b"\0" + sha256_file(f).encode())
-    return h.hexdigest()
-
-
 def check_model(model: str | Path, backend: str) -> Path:
     """The model to compile, or a one-line error: it must exist and, for the local backend, be
     a quantized (QDQ) ONNX; AI Hub also takes a ``.aimet`` folder."""
@@ -155,27 +132,8 @@ def check_model(model: str | Path, backend: str) -> Path:
     return model
 
 
-def check_inputs(model: Path, count: int, shape: tuple) -> tuple[np.ndarray, str, bool]:
-    """``count`` validation inputs, each of ``shape``: real photos pre-processed as the model
-    expects (its metadata), or seeded noise for a model exported elsewhere. Also says what they
-    are and whether the model is a classifier (then top-1 agreement is reported)."""
-    meta = read_metadata(model)
-    shape = tuple(d if isinstance(d, int) else 1 for d in shape)
-    classifier = int(meta.get("num_classes", 0)) > 0
-    if "preprocess" in meta and len(shape) == 4 and shape[0] == 1:
-        _, evaluation = calibration.bundled_photos()
-        pp = Preprocess.from_dict(meta["preprocess"])
-        x = calibration.image_batch(evaluation, int(meta["resolution"]), pp, count, seed=1)
-        return x[:, None], f"{count} samples of real photos ({evaluation.source})", classifier
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((count, *shape)).astype(np.float32)
-    return x, f"{count} seeded noise inputs (no skipat-deploy metadata)", classifier
-
-
-def compare(reference: list[np.ndarray], test: list[np.ndarray], inputs: str, runs_on: str,
-            classifier: bool) -> NpuCheck:
-    from .quantize import quality
-
+def npu_check(reference: list[np.ndarray], test: list[np.ndarray], inputs: str, runs_on: str,
+              classifier: bool) -> NpuCheck:
     q = quality(np.stack(reference), np.stack(test), classifier)
     return NpuCheck(q.sqnr_db, q.cosine_min, q.top1_agreement, q.num_images, inputs, runs_on)
 
@@ -189,7 +147,7 @@ def compile_local(model: str | Path, out_dir: str | Path, cfg: CompileConfig = C
     model = check_model(model, "local")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = output_stem(model, device)
+    stem = compiled_stem(model, device.soc)
     final = {"context_onnx": out_dir / f"{stem}.ctx.onnx",
              "context_binary": out_dir / f"{stem}.ctx_qnn.bin"}
     record = out_dir / f"{stem}.compile.json"
@@ -212,10 +170,10 @@ def compile_local(model: str | Path, out_dir: str | Path, cfg: CompileConfig = C
         step("running the context binary on the HTP backend (x86-64 simulator)")
         sess = qnn.htp_session(ctx, device)
         inp = sess.get_inputs()[0]
-        x, described, classifier = check_inputs(model, cfg.num_check, tuple(inp.shape))
+        x, described, classifier = sample_inputs(model, cfg.num_check, tuple(inp.shape))
         npu = [sess.run(None, {inp.name: xi})[0] for xi in x]
         cpu = list(run_qdq_cpu(model, np.concatenate(x)))  # one CPU session for all samples
-        check = compare(cpu, npu, described, "QNN HTP simulator (onnxruntime-qnn, x86-64)",
+        check = npu_check(cpu, npu, described, "QNN HTP simulator (onnxruntime-qnn, x86-64)",
                         classifier)
 
         result = CompileResult(

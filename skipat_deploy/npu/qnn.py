@@ -17,8 +17,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .devices import DeviceProfile
-from .errors import UserError
+from ..devices import DeviceProfile
+from ..errors import UserError
 
 _registered = False
 

@@ -25,11 +25,11 @@ import numpy as np
 import onnx
 import torch
 
-from . import __version__
-from ._io import artifact_stem, atomic_path
-from .checkpoint import LoadedCheckpoint, load_weights, sha256_file
-from .errors import ExportValidationError, ResolutionError, UserError
-from .models.registry import build_model, init_weights, get_spec
+from .. import __version__
+from ..checkpoint import LoadedCheckpoint, load_weights
+from ..errors import ExportValidationError, ResolutionError, UserError
+from ..files import artifact_stem, atomic_path, sha256_file
+from ..models.registry import build_model, init_weights, get_spec
 from .validate import cpu_session, run_all, validate_onnx
 
 INPUT_NAME = "image"

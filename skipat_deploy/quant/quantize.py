@@ -16,7 +16,6 @@ into place only after every check has passed.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import tempfile
@@ -29,15 +28,15 @@ import numpy as np
 import onnx
 import torch
 
-from . import calibration
-from .checkpoint import LoadedCheckpoint, load_weights
-from .devices import DEFAULT_DEVICE, resolve_device
-from .errors import ExportValidationError, UserError
-from .export import (INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, check_resolution,
-                     export_onnx, output_name)
-from .models.registry import build_model
-from .quant_aimet import sqnr_db
-from .validate import run_qdq_cpu
+from .. import calibration
+from ..checkpoint import LoadedCheckpoint, load_weights
+from ..devices import DEFAULT_DEVICE, resolve_device
+from ..errors import ExportValidationError, UserError
+from ..export import (INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, check_resolution,
+                      export_onnx, output_name, run_qdq_cpu)
+from ..metrics import Quality, quality, sqnr_db
+from ..models.registry import build_model
+from .report import LayerSensitivity, write_layers_csv
 
 PRECISIONS = ("w8a8", "w8a16", "mixed")
 BACKENDS = ("aimet", "ort")
@@ -79,25 +78,6 @@ class QuantizeConfig:
         return resolve_device(self.device)
 
 
-@dataclass(frozen=True)
-class Quality:
-    """Quantized vs float on the evaluation images (all outputs pooled for SQNR)."""
-
-    sqnr_db: float
-    cosine_mean: float
-    cosine_min: float
-    top1_agreement: float | None  # classifiers only
-    num_images: int
-
-
-@dataclass(frozen=True)
-class LayerSensitivity:
-    layer: str
-    bitwidth: int  # activation bitwidth in the final model
-    sqnr_alone_db: float  # output SQNR when only this layer's activations are quantized
-    noise_share: float  # its share of the summed activation noise power (0..1)
-
-
 @dataclass
 class QuantizeResult:
     qdq_onnx: Path
@@ -129,13 +109,6 @@ class QuantizeResult:
         for k in ("qdq_onnx", "float_onnx", "report_json", "layers_csv", "aimet_dir"):
             d[k] = None if d[k] is None else str(d[k])
         return d
-
-
-def quality(ref: np.ndarray, test: np.ndarray, classifier: bool) -> Quality:
-    r, t = ref.reshape(len(ref), -1).astype(np.float64), test.reshape(len(test), -1).astype(np.float64)
-    cos = np.sum(r * t, 1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(t, axis=1) + 1e-30)
-    top1 = float(np.mean(r.argmax(1) == t.argmax(1))) if classifier else None
-    return Quality(sqnr_db(r, t), float(cos.mean()), float(cos.min()), top1, len(r))
 
 
 def _images(cfg: QuantizeConfig, notices: list[str]):
@@ -214,9 +187,9 @@ def quantize(
         sens: list[LayerSensitivity] = []
         n_act = 0
         if cfg.backend == "aimet":
-            from . import quant_aimet
+            from . import aimet
 
-            flow = quant_aimet.run(model, xc, xe, ref, cfg, device, step)
+            flow = aimet.run(model, xc, xe, ref, cfg, device, step)
             step("exporting QDQ ONNX and the .aimet folder")
             flow.export(qdq, tmp / f"{tag}.aimet", INPUT_NAME, output_name(ckpt))
             aimet_dir = tmp / f"{tag}.aimet"
@@ -225,7 +198,7 @@ def quantize(
             weights_only = flow.weights_only_sqnr_db
             sim_q = quality(ref, sim_out, classifier)
         else:
-            from .quant_ort import quantize_ort
+            from .ort import quantize_ort
 
             step("onnxruntime.quantization (QNN QDQ config)")
             quantize_ort(str(float_res.path), str(qdq), xc, INPUT_NAME,
@@ -267,7 +240,7 @@ def quantize(
             eval_source=eval_set.source, num_calib=cfg.num_calib, sizes_bytes=sizes,
             seconds=0.0, notices=notices,
         )
-        _write_csv(tmp / "layers.csv", sens, promoted)
+        write_layers_csv(tmp / "layers.csv", sens, promoted)
         # Move into place: big artifacts first, the report last (its presence means "complete").
         shutil.move(str(float_res.path), final["float_onnx"])
         shutil.move(str(qdq), final["qdq_onnx"])
@@ -282,11 +255,3 @@ def quantize(
         shutil.move(str(report), final["report_json"])
     return result
 
-
-def _write_csv(path: Path, sens: list[LayerSensitivity], promoted: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["layer", "activation_bitwidth", "sqnr_alone_db", "noise_share", "promoted"])
-        for s in sens:
-            w.writerow([s.layer, s.bitwidth, f"{s.sqnr_alone_db:.3f}", f"{s.noise_share:.5f}",
-                        int(s.layer in promoted)])

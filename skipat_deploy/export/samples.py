@@ -1,0 +1,29 @@
+"""Sample inputs for an exported model, chosen from its metadata: real photos pre-processed as
+the model expects, or seeded noise for a model exported elsewhere. The NPU check, the phone's
+output check and anything else that compares two runs of one model feed it these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import calibration
+from ..preprocess import Preprocess
+from .onnx_export import read_metadata
+
+
+def sample_inputs(model: Path, count: int, shape: tuple) -> tuple[np.ndarray, str, bool]:
+    """``count`` inputs, each of ``shape``; also says what they are and whether the model is a
+    classifier (then top-1 agreement is reported)."""
+    meta = read_metadata(model)
+    shape = tuple(d if isinstance(d, int) else 1 for d in shape)
+    classifier = int(meta.get("num_classes", 0)) > 0
+    if "preprocess" in meta and len(shape) == 4 and shape[0] == 1:
+        _, evaluation = calibration.bundled_photos()
+        pp = Preprocess.from_dict(meta["preprocess"])
+        x = calibration.image_batch(evaluation, int(meta["resolution"]), pp, count, seed=1)
+        return x[:, None], f"{count} samples of real photos ({evaluation.source})", classifier
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((count, *shape)).astype(np.float32)
+    return x, f"{count} seeded noise inputs (no skipat-deploy metadata)", classifier

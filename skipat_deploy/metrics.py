@@ -1,0 +1,36 @@
+"""How close a model's outputs are to a reference's: SQNR, cosine, top-1 agreement.
+
+Used wherever two models are compared (quantized vs float, the NPU vs the CPU, the phone vs
+this machine), so every report measures closeness the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of ``test`` against ``ref``, pooled over all values."""
+    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    noise = np.sum((ref - test) ** 2)
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref**2) / noise))
+
+
+@dataclass(frozen=True)
+class Quality:
+    """``test`` vs ``ref`` over a set of samples (all outputs pooled for SQNR)."""
+
+    sqnr_db: float
+    cosine_mean: float
+    cosine_min: float
+    top1_agreement: float | None  # classifiers only
+    num_images: int
+
+
+def quality(ref: np.ndarray, test: np.ndarray, classifier: bool) -> Quality:
+    r, t = ref.reshape(len(ref), -1).astype(np.float64), test.reshape(len(test), -1).astype(np.float64)
+    cos = np.sum(r * t, 1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(t, axis=1) + 1e-30)
+    top1 = float(np.mean(r.argmax(1) == t.argmax(1))) if classifier else None
+    return Quality(sqnr_db(r, t), float(cos.mean()), float(cos.min()), top1, len(r))
