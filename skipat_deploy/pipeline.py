@@ -174,8 +174,9 @@ def bundle(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: BundleConfig = Bund
                 c = compile_local(q.qdq_onnx, folder, CompileConfig(device=dev.name), step)
                 c.record.unlink()  # the manifest carries what the record says
                 compiled.append(c)
-            for extra in (q.report_json, q.layers_csv):
-                extra.unlink()
+            for extra in (q.report_json, q.layers_csv, q.noise_png):
+                if extra is not None:
+                    extra.unlink()
             write_manifest(folder, q, compiled)
             if final.exists():
                 shutil.rmtree(final)

@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MIN_SIDE = 8  # px: below this an image shows nothing a model can use
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
@@ -58,12 +59,37 @@ def to_tensor(img: Image.Image, pp: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
-def load_image(path: str | Path, size: int, pp: Preprocess) -> np.ndarray:
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB as training pipelines see it (timm: ``convert("RGB")``), from any mode."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / 32-bit greyscale
+        a = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        if img.mode == "F" and a.max() <= 1.0:
+            peak = 1.0
+        img = Image.fromarray(np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # palette transparency goes through RGBA (Pillow's advice)
+    return img.convert("RGB")
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """An image file as upright 8-bit RGB: EXIF rotation applied; greyscale, palette, RGBA,
+    CMYK and 16-bit images converted. Raises :class:`UserError` saying why it cannot be used."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
-            return to_tensor(resize_and_crop(img.convert("RGB"), size, pp), pp)
-    except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for unreadable images
-        raise UserError(f"cannot read image {path}: {e}") from None
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            rgb = _to_rgb(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # Pillow's errors
+        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] or type(e).__name__}") from None
+    if min(rgb.size) < MIN_SIDE:
+        raise UserError(f"image {path} is {rgb.size[0]}x{rgb.size[1]} px, too small to use "
+                        f"(under {MIN_SIDE} px on a side)")
+    return rgb
+
+
+def load_image(path: str | Path, size: int, pp: Preprocess) -> np.ndarray:
+    return to_tensor(resize_and_crop(open_rgb(path), size, pp), pp)

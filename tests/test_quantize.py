@@ -58,7 +58,8 @@ def test_aimet_w8a16_artifacts_and_report(tmp_path, nano_ckpts, photos):
         "vit_nano_patch16_224.onnx", "vit_nano_patch16_224_w8a16.qdq.onnx",
         "vit_nano_patch16_224_w8a16.aimet/model.onnx",
         "vit_nano_patch16_224_w8a16.aimet/model.encodings",
-        "vit_nano_patch16_224_w8a16.quant.json", "vit_nano_patch16_224_w8a16.layers.csv"])
+        "vit_nano_patch16_224_w8a16.quant.json", "vit_nano_patch16_224_w8a16.layers.csv",
+        "vit_nano_patch16_224_w8a16.noise.png"])
     enc = json.loads((r.aimet_dir / "model.encodings").read_text())
     assert enc["version"] == "2.0.0" and enc["encodings"]
     ops = {n.op_type for n in onnx.load(str(r.qdq_onnx)).graph.node}
@@ -69,6 +70,8 @@ def test_aimet_w8a16_artifacts_and_report(tmp_path, nano_ckpts, photos):
     assert r.qdq_vs_sim_sqnr_db >= r.sim_quality.sqnr_db + 10
     assert r.quality.sqnr_db > 25 and r.quality.top1_agreement is not None
     assert r.notices and "skipped 1 files" in r.notices[0]
+    with Image.open(r.noise_png) as png:
+        assert png.format == "PNG" and png.size[0] >= 800
     assert "held-out" in r.eval_source
     report = json.loads(r.report_json.read_text())
     assert report["quality"]["sqnr_db"] == pytest.approx(r.quality.sqnr_db)
@@ -169,7 +172,7 @@ def test_calib_folder_without_images_is_one_line(tmp_path, nano_ckpts, content):
                                  "--calib", str(calib), "--out", str(out)])
     assert r.exit_code == 2
     lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "holds no .jpg or .png images" in lines[0]
+    assert len(lines) == 1 and "holds no usable image" in lines[0]
     assert not out.exists() or not any(out.rglob("*.onnx"))
 
 
@@ -225,3 +228,71 @@ def test_gptq_beats_round_to_nearest():
     assert torch.allclose(k, k.round(), atol=1e-3)  # on the grid
     err = lambda wq: ((x @ (w - wq).T) ** 2).mean()  # noqa: E731
     assert err(q) < 0.7 * err(rtn)
+
+
+def _quality(sqnr):
+    from skipat_deploy.metrics import Quality
+
+    return Quality(sqnr, 1.0, 1.0, None, 8)
+
+
+@pytest.mark.parametrize("sim_db, qdq_db, refused", [
+    (33.0, 32.6, False),  # the DINOv2 w8a16 case that a 10 dB margin used to refuse
+    (15.0, 13.0, False),  # 8-bit: 2 dB worse, the rounding cascade, still under double noise
+    (15.0, 19.0, False),  # better than the simulation is never refused
+    (60.0, 56.0, True),   # more than double the noise, at any level
+    (15.0, 11.0, True),
+])
+def test_qdq_vs_simulation_rule(sim_db, qdq_db, refused, tmp_path):
+    from skipat_deploy.errors import ExportValidationError
+    from skipat_deploy.quant.quantize import check_reproduces_simulation
+
+    args = (tmp_path / "m.qdq.onnx", _quality(qdq_db), _quality(sim_db), 30.0, 0.1)
+    if refused:
+        with pytest.raises(ExportValidationError, match="clearly worse than the AIMET simulation"):
+            check_reproduces_simulation(*args)
+    else:
+        check_reproduces_simulation(*args)
+
+
+def test_a_mis_scaled_quantizer_in_the_export_is_refused_and_nothing_written(tmp_path, nano_ckpts,
+                                                                             photos, monkeypatch):
+    """A real export fault: one activation QuantizeLinear in the middle of the graph gets a
+    scale 20x too small (its values clip), the DequantizeLinear keeps the right one."""
+    from skipat_deploy.errors import ExportValidationError
+    from skipat_deploy.quant import aimet
+
+    real_export = aimet.AimetOutcome.export
+
+    def faulty_export(self, qdq_path, *args):
+        real_export(self, qdq_path, *args)
+        m = onnx.load(str(qdq_path))
+        init = {i.name: i for i in m.graph.initializer}
+        acts = [n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init]
+        node = acts[len(acts) // 2]
+        scale = onnx.numpy_helper.to_array(init[node.input[1]]) / 20
+        m.graph.initializer.append(onnx.numpy_helper.from_array(scale, "faulty_scale"))
+        node.input[1] = "faulty_scale"
+        onnx.save(m, str(qdq_path))
+
+    monkeypatch.setattr(aimet.AimetOutcome, "export", faulty_export)
+    out = tmp_path / "out"
+    with pytest.raises(ExportValidationError, match="clearly worse"):
+        api.quantize(nano_ckpts["vit_nano_patch16"], out, precision="w8a16", calib_dir=photos, **FAST)
+    assert _files(out) == []
+
+
+def test_qdq_weights_are_stored_as_integers(tmp_path, nano_ckpts, photos):
+    r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, precision="w8a8",
+                     calib_dir=photos, **FAST)
+    m = onnx.load(str(r.qdq_onnx))
+    init = {i.name: i for i in m.graph.initializer}
+    weight_q = [n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in init]
+    assert weight_q == []
+    int_weights = [i for i in m.graph.initializer
+                   if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(i.dims) >= 2]
+    assert len(int_weights) >= 10
+    float_big = [i for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and
+                 np.prod(i.dims) >= 64 * 64]
+    assert float_big == []  # no float copy of a weight matrix left
+    assert r.sizes_bytes["qdq_onnx"] < 0.45 * r.sizes_bytes["float_onnx"]

@@ -54,8 +54,8 @@ class Pointwise(nn.Conv2d):
     convolution and its Linears removes the token <-> image transposes a Linear on tokens
     would need (those transposes cost CPUs and NPUs real time)."""
 
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, kernel_size=1)
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, kernel_size=1, bias=bias)
         self._register_state_dict_hook(_pointwise_save)
         self._register_load_state_dict_pre_hook(_pointwise_load)
 
@@ -119,6 +119,36 @@ class Attention(nn.Module):
         q = qkv[:, :, :h].permute(0, 2, 1, 3)
         k = qkv[:, :, h : 2 * h].permute(0, 2, 3, 1)
         v = qkv[:, :, 2 * h :].permute(0, 2, 1, 3)
+        attn = self.softmax(self.qk_matmul(self.q_scale(q, self.scale), k))
+        x = self.av_matmul(attn, v).permute(0, 2, 1, 3).reshape(-1, self.num_tokens, self.dim)
+        return self.proj(x)
+
+
+class SplitAttention(nn.Module):
+    """:class:`Attention` with q, k and v as three Linears: what the quantized model runs, so
+    that q has an encoding of its own while k and v follow the Hexagon v66-v69 rule (a
+    MatMul's second input is 8-bit symmetric). Checkpoints and the float export keep ``qkv``."""
+
+    def __init__(self, fused: Attention):
+        super().__init__()
+        self.dim, self.num_heads, self.num_tokens = fused.dim, fused.num_heads, fused.num_tokens
+        self.head_dim, self.scale = fused.head_dim, fused.scale
+        d, bias = fused.dim, fused.qkv.bias
+        for i, name in enumerate(("q", "k", "v")):
+            lin = nn.Linear(d, d, bias=bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(fused.qkv.weight[i * d : (i + 1) * d])
+                if bias is not None:
+                    lin.bias.copy_(bias[i * d : (i + 1) * d])
+            setattr(self, name, lin)
+        self.q_scale, self.qk_matmul, self.softmax = fused.q_scale, fused.qk_matmul, fused.softmax
+        self.av_matmul, self.proj = fused.av_matmul, fused.proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (-1, self.num_tokens, self.num_heads, self.head_dim)
+        q = self.q(x).reshape(shape).permute(0, 2, 1, 3)
+        k = self.k(x).reshape(shape).permute(0, 2, 3, 1)
+        v = self.v(x).reshape(shape).permute(0, 2, 1, 3)
         attn = self.softmax(self.qk_matmul(self.q_scale(q, self.scale), k))
         x = self.av_matmul(attn, v).permute(0, 2, 1, 3).reshape(-1, self.num_tokens, self.dim)
         return self.proj(x)

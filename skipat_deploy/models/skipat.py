@@ -52,9 +52,12 @@ class SkipAtPhi(nn.Module):
         )
         self.linear2 = nn.Sequential(Pointwise(hidden, dim))
         self.eca = ECA(dim)
+        # The quantizer's residual-stream rotation puts a d x d Pointwise here: ECA's
+        # per-channel gate does not commute with a rotation. Identity otherwise.
+        self.rotate: nn.Module = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, d, g, g) -> (B, d, g, g)
-        return self.eca(self.linear2(self.dwconv(self.linear1(x))))
+        return self.rotate(self.eca(self.linear2(self.dwconv(self.linear1(x)))))
 
 
 class VisionTransformerSkipAt(VisionTransformer):

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..metrics import sqnr_db
 from ..models import layers as L
+from .qdq import store_weights_as_integers
 from .report import LayerSensitivity
 
 _registered = False
@@ -72,10 +73,11 @@ def swap_to_aimet(model: nn.Module) -> nn.Module:
             elif type(child) is L.Concat:
                 setattr(parent, name, custom.Concat(axis=child.dim))
             elif type(child) is L.Pointwise:  # AIMET knows nn.Conv2d, not our subclass
-                conv = nn.Conv2d(child.in_channels, child.out_channels, 1)
+                conv = nn.Conv2d(child.in_channels, child.out_channels, 1, bias=child.bias is not None)
                 with torch.no_grad():
                     conv.weight.copy_(child.weight)
-                    conv.bias.copy_(child.bias)
+                    if child.bias is not None:
+                        conv.bias.copy_(child.bias)
                 setattr(parent, name, conv)
     return model
 
@@ -95,7 +97,8 @@ _VIEW_METHODS = {"reshape", "view", "permute", "transpose", "expand_as", "expand
 
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, L.ARITHMETIC_MODULES) or super().is_leaf_module(m, qualname)
+        # Pointwise is an nn.Conv2d that fx would otherwise trace through (it is not in torch.nn).
+        return isinstance(m, (*L.ARITHMETIC_MODULES, L.Pointwise)) or super().is_leaf_module(m, qualname)
 
 
 def input_sources(model: nn.Module) -> dict[str, list[Source | None]]:
@@ -193,13 +196,25 @@ def build_sim(model: nn.Module, dummy: torch.Tensor, plan: SimPlan, config_file:
             if len(owners[id(q)]) > 1:
                 m.output_quantizers[0] = _qdq(q.bitwidth, False)
     bw = {n: _out_bw(m) for n, m in mods.items()}
+    consumers: dict[str, list[str]] = {}
+    for name, srcs in sources.items():
+        for s in srcs:
+            if s is not None and s.kind == "module":
+                consumers.setdefault(s.name, []).append(name)
+
+    def computes_at(name: str, depth: int = 0) -> int | None:
+        """The bitwidth an op computes at: its output quantizer's, or for an op without one
+        (the first of a fused pair such as Conv + GELU, the attention scale multiply) the
+        bitwidth at which its result is next quantized downstream."""
+        if bw.get(name) is not None or depth > 8:
+            return bw.get(name)
+        return next((b for c in consumers.get(name, []) if (b := computes_at(c, depth + 1))), None)
+
     for name, srcs in sources.items():
         m = mods.get(name)
         if m is None or not hasattr(m, "input_quantizers"):
             continue
-        own = bw.get(name)
-        if own is None:  # e.g. the attention scale multiply: no output quantizer of its own
-            own = next((bw[s.name] for s in srcs if s and s.kind == "module" and bw.get(s.name)), 8)
+        own = computes_at(name) or plan.activation_bw
         for i, src in enumerate(srcs[: len(m.input_quantizers)]):
             if src is None:
                 continue
@@ -292,6 +307,7 @@ class AimetOutcome:
 
     def export(self, qdq_path, aimet_dir, input_name: str, output_name: str) -> None:
         export_qdq(self.sim, self.dummy, str(qdq_path), input_name, output_name)
+        store_weights_as_integers(qdq_path)
         export_aimet_folder(self.sim, self.dummy, str(aimet_dir), input_name, output_name)
 
 
@@ -377,19 +393,25 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
         step=lambda s: None) -> AimetOutcome:
     import tempfile
 
-    from . import equalize, gptq
+    from . import equalize, gptq, rotate
 
     xc, xe = torch.from_numpy(xc_np), torch.from_numpy(xe_np)
     dummy = xc[:1]
     batches = list(xc.split(CALIB_BATCH))
     act_bw = 16 if cfg.precision == "w8a16" else 8
     frozen = None
-    step("folding LayerScale / LayerNorm bias, equalizing q-k and v-proj")
     base_model = copy.deepcopy(model)
-    equalize.fold_layer_scale(base_model)
-    equalize.fold_norm_affine(base_model, alpha=0.5)
+    if cfg.rotate:
+        step("rotating the residual stream (LayerScale and LayerNorm affine folded)")
+        rotate.rotate_residual_stream(base_model, seed=cfg.seed)
+    else:
+        step("folding LayerScale / LayerNorm bias")
+        equalize.fold_layer_scale(base_model)
+        equalize.fold_norm_affine(base_model, alpha=0.5)
+    step("equalizing q-k and v-proj, splitting qkv")
     with torch.no_grad():
         equalize.equalize_attention(base_model, xc)
+    equalize.split_qkv(base_model)
     scales: dict = {}
     with tempfile.TemporaryDirectory() as work:
         if cfg.adaround:

@@ -11,7 +11,11 @@ while the tensors that get quantized per-tensor lose their outlier channels:
   in the LayerNorm scale);
 * :func:`equalize_attention`: per-channel rescaling of q against k and of v against ``proj``
   (SmoothQuant-style, Xiao et al. 2023), so the 8-bit symmetric k and v that HTP v69 requires
-  lose their outlier channels.
+  lose their outlier channels;
+* :func:`split_qkv`: the fused ``qkv`` Linear as three (:class:`SplitAttention`), so q gets an
+  encoding of its own instead of sharing one with k and v.
+
+The residual-stream rotation (:mod:`.rotate`) builds on the first two.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.layers import Block
+from ..models.layers import Attention, Block, SplitAttention
 
 
 @torch.no_grad()
@@ -101,4 +105,12 @@ def equalize_attention(model: nn.Module, calib: torch.Tensor, alpha: float = 0.5
         if qkv.bias is not None:
             qkv.bias.mul_(scale)
         proj.weight.div_(t[None, :])
+    return model
+
+
+def split_qkv(model: nn.Module) -> nn.Module:
+    """In place: every block's fused attention becomes a :class:`SplitAttention` (same function)."""
+    for blk in _blocks(model):
+        if isinstance(blk.attn, Attention):
+            blk.attn = SplitAttention(blk.attn)
     return model

@@ -36,17 +36,19 @@ from ..export import (INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, che
                       export_onnx, output_name, run_qdq_cpu)
 from ..metrics import Quality, quality, sqnr_db
 from ..models.registry import build_model
-from .report import LayerSensitivity, write_layers_csv
+from .report import LayerSensitivity, write_layers_csv, write_noise_chart
 
 PRECISIONS = ("w8a8", "w8a16", "mixed")
 BACKENDS = ("aimet", "ort")
-# The QDQ ONNX must reproduce the AIMET simulation. ONNX Runtime and the simulation differ only
-# in int32 bias rounding and float summation order; at 16 bit that leaves the QDQ model far
-# closer to the simulation than to float. At 8 bit, single-LSB flips cascade through the
-# network, so the QDQ model is checked to be as good as the simulation instead.
-QDQ_VS_SIM_MARGIN_DB = 10.0
-QDQ_VS_SIM_QUALITY_DB = 1.5
-
+# The QDQ ONNX must compute what the AIMET simulation computes. What the check guards against is
+# an export fault: a quantizer missing, mis-scaled or with a wrong zero point in the QDQ graph.
+# A fault that matters adds error of the order of the whole quantization noise or more. A
+# faithful export differs from the simulation only by integer rounding (int32 bias, summation
+# order), whose noise adds to the simulation's own. So the QDQ model is refused only when its
+# noise against float exceeds the simulation's by more than the simulation's whole noise (the
+# export at least doubled the error): a QDQ model as good as the simulation always passes,
+# whatever the photos, and the margin scales with the precision instead of being a fixed dB gap.
+QDQ_EXCESS_NOISE_DB = 10 * np.log10(2.0)
 
 @dataclass(frozen=True)
 class QuantizeConfig:
@@ -60,6 +62,7 @@ class QuantizeConfig:
     num_eval: int = 16
     adaround: bool = False
     qat_steps: int = 0
+    rotate: bool = True  # AIMET: rotate the residual stream (float-equivalent; see quant.rotate)
     seed: int = 0
 
     def check(self):
@@ -84,6 +87,7 @@ class QuantizeResult:
     float_onnx: Path
     report_json: Path
     layers_csv: Path
+    noise_png: Path | None  # per-layer noise share chart (AIMET)
     aimet_dir: Path | None
     precision: str
     backend: str
@@ -106,9 +110,23 @@ class QuantizeResult:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        for k in ("qdq_onnx", "float_onnx", "report_json", "layers_csv", "aimet_dir"):
+        for k in ("qdq_onnx", "float_onnx", "report_json", "layers_csv", "noise_png", "aimet_dir"):
             d[k] = None if d[k] is None else str(d[k])
         return d
+
+
+def check_reproduces_simulation(qdq: Path, q: Quality, sim: Quality, qdq_vs_sim_db: float,
+                                max_abs_diff: float) -> None:
+    """Raise :class:`ExportValidationError` when the QDQ model is clearly worse than the
+    simulation it was exported from (see :data:`QDQ_EXCESS_NOISE_DB`)."""
+    if q.sqnr_db >= sim.sqnr_db - QDQ_EXCESS_NOISE_DB:
+        return
+    raise ExportValidationError(
+        str(qdq), [f"the QDQ ONNX is clearly worse than the AIMET simulation it was exported "
+                   f"from (SQNR vs float {q.sqnr_db:.1f} dB, simulation {sim.sqnr_db:.1f} dB: more "
+                   f"than double the noise; QDQ vs simulation {qdq_vs_sim_db:.1f} dB), a sign of a "
+                   "missing or mis-scaled quantizer in the export"],
+        max_abs_diff)
 
 
 def _images(cfg: QuantizeConfig, notices: list[str]):
@@ -121,11 +139,10 @@ def _images(cfg: QuantizeConfig, notices: list[str]):
     else:
         calib = calibration.find_images(cfg.calib_dir)
         evaluation = None
-        if calib.skipped:
-            notices.append(f"--calib: skipped {len(calib.skipped)} files that are not .jpg/.png "
-                           f"(e.g. {calib.skipped[0].name})")
+        notices.extend(calib.notices("--calib"))
     if cfg.eval_dir is not None:
         evaluation = calibration.find_images(cfg.eval_dir, "--eval")
+        notices.extend(evaluation.notices("--eval"))
     elif evaluation is None:
         calib, evaluation = calibration.split(calib)
         notices.append(f"no --eval: evaluating on {len(evaluation.paths)} held-out files of --calib")
@@ -210,14 +227,7 @@ def quantize(
         q = quality(ref, q_out, classifier)
         if sim_q is not None:
             qdq_vs_sim = sqnr_db(sim_out, q_out)
-            close = qdq_vs_sim >= sim_q.sqnr_db + QDQ_VS_SIM_MARGIN_DB
-            as_good = abs(q.sqnr_db - sim_q.sqnr_db) <= QDQ_VS_SIM_QUALITY_DB
-            if not (close or (cfg.precision != "w8a16" and as_good)):
-                raise ExportValidationError(
-                    str(qdq), [f"QDQ ONNX does not reproduce the AIMET simulation: SQNR vs "
-                               f"simulation {qdq_vs_sim:.1f} dB, vs float {q.sqnr_db:.1f} dB "
-                               f"(simulation vs float {sim_q.sqnr_db:.1f} dB)"],
-                    float(np.abs(sim_out - q_out).max()))
+            check_reproduces_simulation(qdq, q, sim_q, qdq_vs_sim, float(np.abs(sim_out - q_out).max()))
 
         final = {
             "float_onnx": out_dir / float_res.path.name,
@@ -225,6 +235,7 @@ def quantize(
             "aimet_dir": out_dir / f"{tag}.aimet" if aimet_dir else None,
             "report_json": out_dir / f"{tag}.quant.json",
             "layers_csv": out_dir / f"{tag}.layers.csv",
+            "noise_png": out_dir / f"{tag}.noise.png" if sens else None,
         }
         sizes = {"float_onnx": float_res.path.stat().st_size, "qdq_onnx": qdq.stat().st_size}
         if aimet_dir:
@@ -232,7 +243,7 @@ def quantize(
         result = QuantizeResult(
             qdq_onnx=final["qdq_onnx"], float_onnx=final["float_onnx"],
             report_json=final["report_json"], layers_csv=final["layers_csv"],
-            aimet_dir=final["aimet_dir"], precision=cfg.precision, backend=cfg.backend,
+            noise_png=final["noise_png"], aimet_dir=final["aimet_dir"], precision=cfg.precision, backend=cfg.backend,
             device=device.name, hexagon=device.hexagon, resolution=res, quality=q,
             sim_quality=sim_q, qdq_vs_sim_sqnr_db=qdq_vs_sim, weights_only_sqnr_db=weights_only,
             promoted=promoted,
@@ -241,6 +252,10 @@ def quantize(
             seconds=0.0, notices=notices,
         )
         write_layers_csv(tmp / "layers.csv", sens, promoted)
+        if sens:
+            write_noise_chart(tmp / "noise.png", sens,
+                              f"{tag}: where the output noise comes from ({len(promoted)} of {n_act} "
+                              f"activation quantizers 16-bit; QDQ vs float {q.sqnr_db:.1f} dB)")
         # Move into place: big artifacts first, the report last (its presence means "complete").
         shutil.move(str(float_res.path), final["float_onnx"])
         shutil.move(str(qdq), final["qdq_onnx"])
@@ -249,6 +264,8 @@ def quantize(
                 shutil.rmtree(final["aimet_dir"])
             shutil.move(str(aimet_dir), final["aimet_dir"])
         shutil.move(str(tmp / "layers.csv"), final["layers_csv"])
+        if sens:
+            shutil.move(str(tmp / "noise.png"), final["noise_png"])
         result.seconds = time.perf_counter() - t0
         report = tmp / "report.json"
         report.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")

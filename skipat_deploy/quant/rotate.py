@@ -1,0 +1,144 @@
+"""Residual-stream rotation: a float-equivalent rewrite that spreads outlier channels.
+
+Trained ViTs carry a few huge channels in the residual stream (DINOv2 ViT-S/14: one class-token
+channel near 15 against a patch RMS of 0.3-0.5; a constant -20 in two channels of block 11).
+Per-tensor activation scales set by those values starve every other channel. Multiplying the
+stream by an orthogonal Q spreads each outlier over all channels (QuaRot, Ashkboos et al. 2024;
+SpinQuant, Liu et al. 2024), and the weights absorb Q so the float model computes the same
+function:
+
+* writers of the stream (patch embedding, class token, position embedding, ``attn.proj``,
+  ``mlp.fc2``) produce ``x Q``; readers (``qkv``, ``fc1``, the head) take ``Q^T`` in;
+* Q fixes the all-ones vector, so ``LayerNorm(x Q) = LayerNorm(x) Q`` once the norms' affine
+  parameters are folded into the Linears that read them (LayerScale into the Linears before);
+* the final norm's output is rotated back inside the head (or by one extra Linear for a
+  head-less model, whose output is the normalised class token);
+* SkipAt's Φ reads the stream-rotated attention output (Q^T goes into ``linear1``), but its ECA
+  gate scales channels by input-dependent factors, which does not commute with Q: Φ gets one
+  explicit d x d rotation after ECA (:attr:`SkipAtPhi.rotate`).
+
+Q is a randomized Hadamard transform ``H^T D H / d`` (H a Hadamard matrix whose first row is all
+ones, D random signs with D_00 = +1), which fixes the all-ones vector; for a width with no
+Hadamard matrix here, a seeded random orthogonal matrix with the same property.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.layers import Block, Pointwise
+from ..models.skipat import SkipAtPhi
+from .equalize import fold_layer_scale, fold_norm_affine
+
+
+def _paley12() -> np.ndarray:
+    """A Hadamard matrix of order 12 (Paley I, q = 11) with an all-ones first row."""
+    q = 11
+    squares = {(i * i) % q for i in range(1, q)}
+    chi = np.array([0] + [1 if i in squares else -1 for i in range(1, q)])
+    jac = np.array([[chi[(j - i) % q] for j in range(q)] for i in range(q)])
+    s = np.zeros((12, 12), dtype=np.int64)
+    s[0, 1:] = 1
+    s[1:, 0] = -1
+    s[1:, 1:] = jac
+    h = np.eye(12, dtype=np.int64) + s
+    return h * h[0][None, :]  # flip columns so the first row is all ones
+
+
+def hadamard(n: int) -> np.ndarray | None:
+    """A Hadamard matrix of order n with an all-ones first row (Sylvester, or 12 x Sylvester),
+    or None when n is neither a power of two nor 12 times one."""
+    base = None
+    for b, mat in ((1, np.ones((1, 1), dtype=np.int64)), (12, _paley12())):
+        k = n // b
+        if n % b == 0 and k & (k - 1) == 0:
+            base = mat
+            break
+    if base is None:
+        return None
+    h = base
+    h2 = np.array([[1, 1], [1, -1]], dtype=np.int64)
+    while h.shape[0] < n:
+        h = np.kron(h2, h)
+    return h
+
+
+def rotation(d: int, seed: int = 0) -> torch.Tensor:
+    """An orthogonal d x d matrix (float64) that spreads every channel over all channels and
+    maps the all-ones vector to itself."""
+    rng = np.random.default_rng(seed)
+    h = hadamard(d)
+    if h is not None:
+        signs = rng.choice([-1.0, 1.0], size=d)
+        signs[0] = 1.0
+        q = (h.T * signs[None, :]) @ h / d
+    else:  # 1/d 11^T + B M B^T: B an orthonormal basis of the complement of 1, M random orthogonal
+        basis, _ = np.linalg.qr(np.column_stack([np.ones(d), rng.standard_normal((d, d - 1))]))
+        m, _ = np.linalg.qr(rng.standard_normal((d - 1, d - 1)))
+        b = basis[:, 1:]
+        q = np.full((d, d), 1.0 / d) + b @ m @ b.T
+    return torch.from_numpy(q)
+
+
+@torch.no_grad()
+def _writer(module: nn.Module, q: torch.Tensor) -> None:
+    """``module``'s output channels (dim 0 of its weight) become ``y Q``."""
+    w = module.weight
+    w.copy_((q.T @ w.double().flatten(1)).view_as(w))
+    if module.bias is not None:
+        module.bias.copy_(q.T @ module.bias.double())
+
+
+@torch.no_grad()
+def _reader(module: nn.Module, q: torch.Tensor) -> None:
+    """``module`` takes ``x Q`` in and computes what it computed on ``x``."""
+    w = module.weight
+    w.copy_((w.double().flatten(1) @ q).view_as(w))
+
+
+@torch.no_grad()
+def _fold_final_norm(model: nn.Module, q: torch.Tensor) -> None:
+    """The final norm's affine goes into the head, which also rotates the stream back; a
+    head-less model gets a Linear that does both."""
+    norm = model.norm
+    g, b = norm.weight.double(), norm.bias.double()
+    d = g.numel()
+    if isinstance(model.head, nn.Linear):
+        head = model.head
+        w = head.weight.double()
+        head.bias.copy_(head.bias.double() + w @ b)
+        head.weight.copy_((w * g[None, :]) @ q)  # W diag(g) Q
+    else:
+        head = nn.Linear(d, d)
+        head.weight.copy_(g[:, None] * q)  # y = u Q^T diag(g): weight (out, in) = diag(g) Q
+        head.bias.copy_(b)
+        model.head = head
+    norm.weight.fill_(1.0)
+    norm.bias.zero_()
+
+
+@torch.no_grad()
+def rotate_residual_stream(model: nn.Module, seed: int = 0) -> nn.Module:
+    """In place: fold LayerScale and every LayerNorm's affine, then rotate the residual stream
+    by :func:`rotation` (see the module docstring). The float model's outputs are unchanged up
+    to float rounding."""
+    d = model.arch.embed_dim
+    q = rotation(d, seed)
+    fold_layer_scale(model)
+    fold_norm_affine(model, alpha=1.0)
+    _fold_final_norm(model, q)
+    _writer(model.patch_embed.proj, q)
+    for p in (model.cls_token, model.pos_embed):
+        p.copy_(p.double() @ q)
+    for blk in (m for m in model.modules() if isinstance(m, Block)):
+        _reader(blk.attn.qkv, q)
+        _writer(blk.attn.proj, q)
+        _reader(blk.mlp.fc1, q)
+        _writer(blk.mlp.fc2, q)
+    for phi in (m for m in model.modules() if isinstance(m, SkipAtPhi)):
+        _reader(phi.linear1[0], q)
+        phi.rotate = Pointwise(d, d, bias=False)
+        phi.rotate.weight.copy_(q.T.reshape(d, d, 1, 1))  # out = ECA(z) Q
+    return model

@@ -1,0 +1,71 @@
+"""Image folders as users have them: odd modes and encodings are converted, the unusable ones
+are skipped with their reason, a folder with nothing usable is one clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skipat_deploy import calibration
+from skipat_deploy.errors import UserError
+from skipat_deploy.preprocess import Preprocess, open_rgb
+
+
+def _photo(w=64, h=48) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+@pytest.fixture()
+def odd_folder(tmp_path):
+    d = tmp_path / "odd"
+    (d / "sub").mkdir(parents=True)
+    p = _photo()
+    p.convert("L").save(d / "grey.png")
+    rgba = p.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(d / "alpha.png")
+    pal = p.convert("P", palette=Image.ADAPTIVE, colors=16)
+    pal.info["transparency"] = 0
+    pal.save(d / "palette.png", transparency=0)
+    p.convert("CMYK").save(d / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    p.save(d / "sub" / "rotated.jpg", exif=exif.tobytes())
+    Image.fromarray((np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)).save(d / "deep16.png")
+    _photo(20, 12).save(d / "small.png")  # smaller than the model input: upscaled
+    _photo(4, 4).save(d / "tiny.png")  # too small to use
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_odd_images_are_converted_and_unusable_ones_listed(odd_folder):
+    found = calibration.find_images(odd_folder)
+    names = sorted(p.name for p in found.paths)
+    assert names == ["alpha.png", "cmyk.jpg", "deep16.png", "grey.png", "palette.png",
+                     "rotated.jpg", "small.png"]
+    assert [p.name for p in found.skipped] == ["notes.txt"]
+    reasons = " | ".join(found.unusable)
+    assert "broken.jpg" in reasons and "tiny.png" in reasons and "too small" in reasons
+    notices = found.notices("--calib")
+    assert len(notices) == 2 and "2 images that cannot be used" in notices[1]
+    x = calibration.image_batch(found, 224, Preprocess(), 9)
+    assert x.shape == (9, 3, 224, 224) and np.isfinite(x).all()
+
+
+def test_exif_rotation_and_16_bit_values(odd_folder):
+    assert open_rgb(odd_folder / "sub" / "rotated.jpg").size == (48, 64)  # upright: portrait
+    deep = np.asarray(open_rgb(odd_folder / "deep16.png"))
+    assert deep.dtype == np.uint8 and deep.min() == 0 and deep.max() == 255
+    assert 100 < deep.mean() < 155  # a ramp over the whole range, not clipped to white
+
+
+def test_a_folder_with_no_usable_image_is_one_clear_error(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / "readme.md").write_text("hello")
+    with pytest.raises(UserError) as e:
+        calibration.find_images(tmp_path)
+    msg = str(e.value)
+    assert "no usable image" in msg and "broken.png" in msg and "\n" not in msg

@@ -1,0 +1,73 @@
+"""Float-equivalent rewrites the quantizer applies: residual-stream rotation and the qkv split
+keep what the model computes (<= 1e-4 relative on the outputs) for ViT, LayerScale ViT
+(head-less, the DINOv2 layout) and SkipAt."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from skipat_deploy.models.config import SKIPAT, VIT, ArchConfig
+from skipat_deploy.models.layers import SplitAttention
+from skipat_deploy.models.registry import build_model
+from skipat_deploy.quant import equalize
+from skipat_deploy.quant.rotate import hadamard, rotate_residual_stream, rotation
+
+from .conftest import random_state_dict
+
+ARCHS = {
+    "vit": ArchConfig(VIT, 64, 3, 1, num_classes=10),
+    "vit_layerscale_headless": ArchConfig(VIT, 96, 3, 2, num_classes=0, layer_scale=True),
+    "skipat": ArchConfig(SKIPAT, 64, 6, 1, num_classes=10, skip_indices=(2, 3, 4)),
+}
+
+
+def _model(name: str, seed: int):
+    arch = ARCHS[name]
+    model = build_model(arch)
+    model.load_state_dict(random_state_dict(arch, seed=seed))
+    return model.eval()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("d", [64, 96, 192, 384, 768, 100])
+def test_rotation_is_orthogonal_fixes_ones_and_spreads(d):
+    q = rotation(d, seed=1)
+    assert torch.allclose(q @ q.T, torch.eye(d, dtype=q.dtype), atol=1e-12)
+    assert torch.allclose(q @ torch.ones(d, dtype=q.dtype), torch.ones(d, dtype=q.dtype), atol=1e-12)
+    # an outlier channel is spread: no output channel keeps more than a small part of it
+    assert float(q.abs().max()) < 0.6
+    assert (hadamard(d) is not None) == (d in (64, 96, 192, 384, 768))
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("seed", [0, 7])
+def test_rotation_keeps_the_function(name, seed):
+    model = _model(name, seed)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = model(x)
+        rotated = rotate_residual_stream(copy.deepcopy(model), seed=seed)
+        out = rotated(x)
+    assert _rel(out, ref) <= 1e-4
+    assert not any("gamma" in k for k in rotated.state_dict())
+    # the stream really is rotated: the class token differs, its norm does not
+    assert not torch.allclose(rotated.cls_token, model.cls_token)
+    assert torch.allclose(rotated.cls_token.norm(), model.cls_token.norm(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_split_qkv_keeps_the_function(name):
+    model = _model(name, 3)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(x)
+        split = equalize.split_qkv(rotate_residual_stream(copy.deepcopy(model)))
+        out = split(x)
+    assert all(isinstance(b.attn, SplitAttention) for b in split.blocks)
+    assert _rel(out, ref) <= 1e-4
