@@ -72,7 +72,7 @@ def main() -> None:
                              sim_sqnr_db=r.sim_quality.sqnr_db if r.sim_quality else None,
                              promoted=len(r.promoted), seconds=time.perf_counter() - t))
             _print(rows[-1])
-    if TINY.is_dir() and not a.quick:
+    if TINY.is_dir() and not a.quick and not a.only:
         for name, file in (("SkipAt-T (golden)", "skipat_tiny.t7"), ("ViT-T (golden)", "vit_tiny.pth")):
             t = time.perf_counter()
             r = api.quantize(TINY / file, a.out, precision="w8a16", num_calib=a.num_calib,

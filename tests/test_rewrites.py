@@ -71,3 +71,15 @@ def test_split_qkv_keeps_the_function(name):
         out = split(x)
     assert all(isinstance(b.attn, SplitAttention) for b in split.blocks)
     assert _rel(out, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_head_rotation_keeps_the_function(name):
+    from skipat_deploy.quant.rotate import rotate_heads
+
+    model = _model(name, 5)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = model(x)
+        out = rotate_heads(equalize.split_qkv(rotate_residual_stream(copy.deepcopy(model))))(x)
+    assert _rel(out, ref) <= 1e-4

@@ -129,6 +129,16 @@ def input_sources(model: nn.Module) -> dict[str, list[Source | None]]:
     return out
 
 
+def module_consumers(sources: dict[str, list[Source | None]]) -> dict[str, list[str]]:
+    """The other way round: for every module, the modules that read its output."""
+    consumers: dict[str, list[str]] = {}
+    for name, srcs in sources.items():
+        for src in srcs:
+            if src is not None and src.kind == "module":
+                consumers.setdefault(src.name, []).append(name)
+    return consumers
+
+
 # --------------------------------------------------------------------------------------------
 
 def _qdq(bitwidth: int, symmetric: bool):
@@ -196,11 +206,7 @@ def build_sim(model: nn.Module, dummy: torch.Tensor, plan: SimPlan, config_file:
             if len(owners[id(q)]) > 1:
                 m.output_quantizers[0] = _qdq(q.bitwidth, False)
     bw = {n: _out_bw(m) for n, m in mods.items()}
-    consumers: dict[str, list[str]] = {}
-    for name, srcs in sources.items():
-        for s in srcs:
-            if s is not None and s.kind == "module":
-                consumers.setdefault(s.name, []).append(name)
+    consumers = module_consumers(sources)
 
     def computes_at(name: str, depth: int = 0) -> int | None:
         """The bitwidth an op computes at: its output quantizer's, or for an op without one
@@ -262,6 +268,62 @@ def calibrate(sim, batches: Iterable[torch.Tensor]) -> None:
         sim.compute_encodings(forward)
 
 
+# GELU(x) > -1.3e-4 for every x below -4: a fifth of the 8-bit step of any GELU output (whose
+# range spans at least GELU's minimum, -0.17: step >= 6.7e-4), so what an 8-bit producer read
+# only by a GELU computes below -4 does not reach the GELU's 8-bit output. Its calibrated range
+# stops there and the rest of its range gets the resolution (a trained ViT's fc1 spans about
+# [-9, 2.4]). A 16-bit step is finer than 1.3e-4: 16-bit producers keep their range.
+GELU_FLOOR = -4.0
+
+
+def gelu_only_producers(model: nn.Module) -> list[str]:
+    """Modules whose every consumer is a GELU (``mlp.fc1``)."""
+    mods = dict(model.named_modules())
+    consumers = module_consumers(input_sources(model))
+    return [n for n, cs in consumers.items() if all(isinstance(mods.get(c), nn.GELU) for c in cs)]
+
+
+def promotion_groups(model: nn.Module, quantized: set[str]) -> dict[str, list[str]]:
+    """For every activation layer, what promoting it to 16 bit takes: the layer and the
+    quantized ops that read its output. An op computes at one bitwidth on the HTP, so a
+    consumer left at 8 bit would requantize the 16-bit tensor to 8 bit at its input and undo
+    the promotion (a 16-bit softmax needs its attention-times-v matmul at 16 bit too)."""
+    consumers = module_consumers(input_sources(model))
+
+    def readers(name: str, depth: int = 0) -> list[str]:
+        out = []
+        for c in consumers.get(name, []):
+            out += [c] if c in quantized or depth > 8 else readers(c, depth + 1)
+        return out
+
+    return {n: [n] + [c for c in dict.fromkeys(readers(n)) if c != n] for n in quantized}
+
+
+def choose_promoted(rows, share: dict[str, float], groups: dict[str, list[str]], budget: int) -> list[str]:
+    """Layers by falling noise share, each with its group, while the budget lasts."""
+    promoted: list[str] = []
+    for name, _, _ in rows:
+        if share[name] <= 0.002:
+            break
+        new = [g for g in groups.get(name, [name]) if g not in promoted]
+        if len(promoted) + len(new) <= budget:
+            promoted += new
+    return promoted
+
+
+def floor_gelu_inputs(sim, names: list[str]) -> None:
+    """Raise the calibrated minimum of these modules' output quantizers to :data:`GELU_FLOOR`."""
+    mods = dict(sim.model.named_modules())
+    with torch.no_grad():
+        for name in names:
+            qs = getattr(mods.get(name), "output_quantizers", None)
+            q = qs[0] if qs else None
+            if (q is None or q.bitwidth != 8 or not q.is_initialized()
+                    or float(q.get_min()) >= GELU_FLOOR):
+                continue
+            q.set_range(torch.tensor(GELU_FLOOR), q.get_max().reshape(()))
+
+
 def activation_modules(sim) -> list[str]:
     """Names of modules with an activation output quantizer (the unit of mixed precision)."""
     return [n for n, m in sim.model.named_modules() if _out_bw(m) is not None]
@@ -290,7 +352,7 @@ def export_aimet_folder(sim, dummy: torch.Tensor, folder: str, input_name: str, 
 # --------------------------------------------------------------------------------------------
 # The whole AIMET pass: plan -> (AdaRound) -> sim -> calibrate -> sensitivity -> (mixed) -> (QAT)
 
-SENSITIVITY_SAMPLES = 2
+SENSITIVITY_SAMPLES = 1  # one forward per activation quantizer (about 0.5 s each on ViT-S, 2 cores)
 MAX_PROMOTED_FRACTION = 0.25  # at most a quarter of the activation quantizers go 16-bit
 CALIB_BATCH = 8
 
@@ -311,11 +373,12 @@ class AimetOutcome:
         export_aimet_folder(self.sim, self.dummy, str(aimet_dir), input_name, output_name)
 
 
-def isolated_sensitivity(sim, x: torch.Tensor, ref: np.ndarray, step=lambda s: None):
-    """Per activation layer: output SQNR when only that layer's activations are quantized
-    (weights stay quantized everywhere). Quantization noise from different layers adds up
-    roughly independently, so each layer's share of the noise power says what promoting it to
-    16 bit would recover."""
+def isolated_sensitivity(sim, x: torch.Tensor, ref: np.ndarray, step=lambda s: None,
+                         per_layer: bool = True):
+    """Output SQNR with only the weights quantized, and per activation layer (``per_layer``):
+    output SQNR when only that layer's activations are quantized (weights stay quantized
+    everywhere). Quantization noise from different layers adds up roughly independently, so
+    each layer's share of the noise power says what promoting it to 16 bit would recover."""
     from aimet_torch.utils import remove_activation_quantizers
 
     mods = dict(sim.model.named_modules())
@@ -325,7 +388,7 @@ def isolated_sensitivity(sim, x: torch.Tensor, ref: np.ndarray, step=lambda s: N
     with remove_activation_quantizers(quantized):
         with torch.no_grad():
             weights_only = sqnr_db(ref, sim.model(x).numpy())
-    for k, n in enumerate(names):
+    for k, n in enumerate(names if per_layer else ()):
         if k % 8 == 0:
             step(f"sensitivity {k + 1}/{len(names)}")
         with remove_activation_quantizers([m for m in quantized if m is not mods[n]]):
@@ -412,6 +475,8 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
     with torch.no_grad():
         equalize.equalize_attention(base_model, xc)
     equalize.split_qkv(base_model)
+    if cfg.rotate:
+        rotate.rotate_heads(base_model, seed=cfg.seed)
     scales: dict = {}
     with tempfile.TemporaryDirectory() as work:
         if cfg.adaround:
@@ -422,6 +487,8 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
             with torch.no_grad():
                 scales = gptq.gptq_linears(base_model, xc)
 
+        gelu_inputs = gelu_only_producers(base_model)
+
         def make(plan):
             sim = build_sim(base_model, dummy, plan, device.aimet_config)
             if frozen:
@@ -429,19 +496,24 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
             freeze_weight_scales(sim, scales)
             step(f"calibrating on {len(xc)} samples")
             calibrate(sim, batches)
+            floor_gelu_inputs(sim, gelu_inputs)
             return sim
 
         step(f"building the simulation ({device.aimet_config})")
         sim = make(SimPlan(act_bw, htp_arch=device.htp_arch))
         n_act = len(activation_modules(sim))
         xs, rs = xe[:SENSITIVITY_SAMPLES], ref[:SENSITIVITY_SAMPLES]
-        weights_only_db, rows = isolated_sensitivity(sim, xs, rs, step)
+        # The per-layer pass (one forward per quantizer, a third of a w8a8 run) is what mixed
+        # precision decides with; w8a8 and w8a16 report the weights' own noise only.
+        weights_only_db, rows = isolated_sensitivity(sim, xs, rs, step,
+                                                     per_layer=cfg.precision == "mixed")
         share = noise_share(rows, weights_only_db)
         rows.sort(key=lambda r: -share[r[0]])
         promoted: list[str] = []
         if cfg.precision == "mixed":
             budget = int(n_act * MAX_PROMOTED_FRACTION)
-            promoted = [r[0] for r in rows[:budget] if share[r[0]] > 0.002]
+            groups = promotion_groups(base_model, set(activation_modules(sim)))
+            promoted = choose_promoted(rows, share, groups, budget)
             step(f"promoting {len(promoted)} of {n_act} activation layers to 16 bit")
             sim = make(SimPlan(8, tuple(promoted), htp_arch=device.htp_arch))
         if cfg.qat_steps:

@@ -44,6 +44,10 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, block: int = 1
     h[dead, dead] = 1
     w[:, dead] = 0
     h += 0.01 * torch.mean(torch.diag(h)) * torch.eye(len(h), dtype=h.dtype)
+    # act-order (GPTQ's desc_act): the columns with the largest inputs are rounded first, while
+    # most columns are still free to absorb their error.
+    perm = torch.argsort(torch.diag(h), descending=True)
+    w, h = w[:, perm], h[perm][:, perm]
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     cols = w.shape[1]
     for i1 in range(0, cols, block):
@@ -59,7 +63,7 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, block: int = 1
             err1[:, i] = e
         w[:, i1:i2] = w1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return w, scale
+    return w[:, torch.argsort(perm)], scale
 
 
 def gptq_linears(model: nn.Module, calib: torch.Tensor, bits: int = 8) -> dict[str, torch.Tensor]:

@@ -17,6 +17,10 @@ function:
   gate scales channels by input-dependent factors, which does not commute with Q: Φ gets one
   explicit d x d rotation after ECA (:attr:`SkipAtPhi.rotate`).
 
+:func:`rotate_heads` does the same inside attention, per head: q and k by one orthogonal R
+(``(q R)(k R)^T = q k^T``), v by another whose transpose ``proj`` absorbs. The 8-bit symmetric
+k and v of Hexagon v66-v69 lose their outlier channels.
+
 Q is a randomized Hadamard transform ``H^T D H / d`` (H a Hadamard matrix whose first row is all
 ones, D random signs with D_00 = +1), which fixes the all-ones vector; for a width with no
 Hadamard matrix here, a seeded random orthogonal matrix with the same property.
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.layers import Block, Pointwise
+from ..models.layers import Block, Pointwise, SplitAttention
 from ..models.skipat import SkipAtPhi
 from .equalize import fold_layer_scale, fold_norm_affine
 
@@ -142,3 +146,31 @@ def rotate_residual_stream(model: nn.Module, seed: int = 0) -> nn.Module:
         phi.rotate = Pointwise(d, d, bias=False)
         phi.rotate.weight.copy_(q.T.reshape(d, d, 1, 1))  # out = ECA(z) Q
     return model
+
+
+@torch.no_grad()
+def rotate_heads(model: nn.Module, seed: int = 0) -> nn.Module:
+    """In place, on :class:`SplitAttention` blocks: q and k rotated by one orthogonal R per
+    head (the attention logits are unchanged), v by another that ``proj`` absorbs."""
+    for blk in (m for m in model.modules() if isinstance(m, Block)):
+        attn = blk.attn
+        if not isinstance(attn, SplitAttention):
+            raise TypeError("rotate_heads needs split attention (quant.equalize.split_qkv)")
+        hd, h = attn.head_dim, attn.num_heads
+        r_qk = torch.block_diag(*[_head_rotation(hd, seed + 1) for _ in range(h)])
+        r_v = torch.block_diag(*[_head_rotation(hd, seed + 2) for _ in range(h)])
+        _writer(attn.q, r_qk)
+        _writer(attn.k, r_qk)
+        _writer(attn.v, r_v)
+        _reader(attn.proj, r_v)
+    return model
+
+
+def _head_rotation(n: int, seed: int) -> torch.Tensor:
+    """A randomized Hadamard ``H D / sqrt(n)`` (nothing to fix inside a head), else random."""
+    rng = np.random.default_rng(seed)
+    h = hadamard(n)
+    if h is None:
+        q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        return torch.from_numpy(q)
+    return torch.from_numpy(h * rng.choice([-1.0, 1.0], size=n)[None, :] / np.sqrt(n))
