@@ -62,24 +62,14 @@ def test_rotation_keeps_the_function(name, seed):
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
-def test_split_qkv_keeps_the_function(name):
+def test_split_qkv_and_head_rotation_keep_the_function(name):
+    from skipat_deploy.quant.rotate import rotate_heads
+
     model = _model(name, 3)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = model(x)
         split = equalize.split_qkv(rotate_residual_stream(copy.deepcopy(model)))
-        out = split(x)
-    assert all(isinstance(b.attn, SplitAttention) for b in split.blocks)
-    assert _rel(out, ref) <= 1e-4
-
-
-@pytest.mark.parametrize("name", list(ARCHS))
-def test_head_rotation_keeps_the_function(name):
-    from skipat_deploy.quant.rotate import rotate_heads
-
-    model = _model(name, 5)
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        ref = model(x)
-        out = rotate_heads(equalize.split_qkv(rotate_residual_stream(copy.deepcopy(model))))(x)
-    assert _rel(out, ref) <= 1e-4
+        assert all(isinstance(b.attn, SplitAttention) for b in split.blocks)
+        assert _rel(split(x), ref) <= 1e-4
+        assert _rel(rotate_heads(split)(x), ref) <= 1e-4
