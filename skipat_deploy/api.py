@@ -71,7 +71,7 @@ def quantize(
     num_eval: int = 16,
     adaround: bool = False,
     qat_steps: int = 0,
-    rotate: bool = True,
+    rotate: bool | None = None,
     arch: str | None = None,
     skip_indices: tuple[int, ...] | None = None,
     head_dim: int = 64,

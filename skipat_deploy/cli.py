@@ -204,7 +204,7 @@ def quantize(
     device: DeviceOpt = "Galaxy S22",
     adaround: Annotated[bool, typer.Option("--adaround", help="AdaRound the weights (AIMET).")] = False,
     qat_steps: Annotated[int, typer.Option(help="Distillation fine-tune steps of the simulation on the calibration images.")] = 0,
-    rotate: Annotated[bool, typer.Option(help="Rotate the residual stream before quantizing (AIMET; float-equivalent).")] = True,
+    rotate: Annotated[Optional[bool], typer.Option(help="Rotate the residual stream before quantizing (AIMET; float-equivalent). Default: on for w8a8 and mixed, off for w8a16.", show_default=False)] = None,
     out: OutOpt = Path("export"),
     arch: ArchOpt = None,
     skip_indices: SkipOpt = None,

@@ -77,11 +77,13 @@ def test_aimet_w8a16_artifacts_and_report(tmp_path, nano_ckpts, photos):
     assert meta["quantization"]["precision"] == "w8a16" and meta["resolution"] == 224
     # all 16-bit: nothing to promote, so no per-layer pass; the weights' own noise is reported
     assert r.sensitivity == [] and r.noise_png is None and 25 < r.weights_only_sqnr_db < 100
+    assert not r.rotated  # w8a16: weights dominate, rotation is off by default
 
 
 def test_aimet_mixed_promotes_at_most_a_quarter_skipat(tmp_path, nano_ckpts, photos):
     r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, precision="mixed",
                      calib_dir=photos, **FAST)
+    assert r.rotated  # 8-bit activations: the residual stream is rotated by default
     assert 0 < len(r.promoted) <= r.num_activation_quantizers // 4
     assert r.promoted[0] == r.sensitivity[0].layer  # the largest noise share goes first
     for layer in r.promoted:  # a 16-bit softmax is read at 16 bit, never requantized to 8

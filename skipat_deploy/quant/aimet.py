@@ -464,7 +464,7 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
     act_bw = 16 if cfg.precision == "w8a16" else 8
     frozen = None
     base_model = copy.deepcopy(model)
-    if cfg.rotate:
+    if cfg.rotates:
         step("rotating the residual stream (LayerScale and LayerNorm affine folded)")
         rotate.rotate_residual_stream(base_model, seed=cfg.seed)
     else:
@@ -475,7 +475,7 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
     with torch.no_grad():
         equalize.equalize_attention(base_model, xc)
     equalize.split_qkv(base_model)
-    if cfg.rotate:
+    if cfg.rotates:
         rotate.rotate_heads(base_model, seed=cfg.seed)
     scales: dict = {}
     with tempfile.TemporaryDirectory() as work:
