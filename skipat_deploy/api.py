@@ -117,7 +117,7 @@ def compile(
     NPU; without ``model``, export and quantize ``ckpt`` (None: freshly initialised ``arch``)
     first. Returns a :class:`skipat_deploy.npu.CompileResult` (its ``quantized`` holds the
     quantization result when that ran)."""
-    from .npu.compile import CompileConfig, check_model, compile_local
+    from .npu.compile import CompileConfig, check_model
 
     cfg = CompileConfig(device=device, backend=backend, target_runtime=target_runtime,
                         qairt_version=qairt_version, num_check=num_check,
@@ -137,12 +137,9 @@ def compile(
         qcfg.check()
         loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
         return quantize_and_compile(loaded, out_dir, qcfg, cfg, step)
-    check_model(model, backend)
-    if backend == "hub":
-        from .npu.hub import compile_hub
+    from .pipeline import compile_model
 
-        return compile_hub(model, out_dir, cfg, step)
-    return compile_local(model, out_dir, cfg, step)
+    return compile_model(check_model(model, backend), out_dir, cfg, step)
 
 
 def profile(

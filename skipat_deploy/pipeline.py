@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import calibration
+from .bundle import write_manifest
 from .checkpoint import LoadedCheckpoint
 from .devices import resolve_device
 from .errors import UserError
@@ -27,7 +28,6 @@ from .measure.profile import ProfileOutcome, profile_cpu_models, profile_hub
 from .npu.compile import CompileConfig, CompileResult, compile_local
 from .quant import QuantizeConfig, QuantizeResult, quantize
 from .quant.ort import quantize_ort
-from .bundle import write_manifest
 
 Step = Callable[[str], None]
 
@@ -41,14 +41,19 @@ def quantize_and_compile(ckpt: LoadedCheckpoint, out_dir: str | Path, qcfg: Quan
     """Export and quantize ``ckpt``, then compile the QDQ model (locally or on AI Hub). The
     result's ``quantized`` holds the quantization result."""
     quantized = quantize(ckpt, out_dir, qcfg, step)
+    result = compile_model(quantized.qdq_onnx, out_dir, ccfg, step)
+    result.quantized = quantized
+    return result
+
+
+def compile_model(model: Path, out_dir: str | Path, ccfg: CompileConfig,
+                  step: Step = _quiet) -> CompileResult:
+    """Compile a QDQ model (or, on AI Hub, a ``.aimet`` folder) with ``ccfg.backend``."""
     if ccfg.backend == "hub":
         from .npu.hub import compile_hub
 
-        result = compile_hub(quantized.qdq_onnx, out_dir, ccfg, step)
-    else:
-        result = compile_local(quantized.qdq_onnx, out_dir, ccfg, step)
-    result.quantized = quantized
-    return result
+        return compile_hub(model, out_dir, ccfg, step)
+    return compile_local(model, out_dir, ccfg, step)
 
 
 def fp32_and_int8(ckpt: LoadedCheckpoint, resolution: int, precision: str, out_dir: Path,
