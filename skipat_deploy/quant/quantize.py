@@ -64,7 +64,7 @@ class QuantizeConfig:
     qat_steps: int = 0
     # AIMET: rotate the residual stream (float-equivalent; quant.rotate). None: where it pays,
     # with 8-bit activations. At w8a16 the activations are fine and the weights dominate the
-    # noise, which rotation makes harder to round (DINOv2 w8a16: 33.99 dB plain, 33.07 rotated;
+    # noise, which rotation makes harder to round (DINOv2 w8a16 before GPTQ clipping: 33.99 dB plain, 33.07 rotated;
     # benchmarks/quant_quality.py).
     rotate: bool | None = None
 
