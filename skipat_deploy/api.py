@@ -19,7 +19,7 @@ from .measure.predict import Prediction, predict
 
 DEFAULT_ARCH = "skipat_tiny_patch16"
 
-__all__ = ["bundle", "compare", "compile", "export", "load", "predict", "profile", "quantize", "verify", "ExportResult", "Prediction", "DEFAULT_ARCH"]
+__all__ = ["bundle", "compare", "compile", "evaluate", "export", "load", "predict", "profile", "quantize", "verify", "ExportResult", "Prediction", "DEFAULT_ARCH"]
 
 
 def load(
@@ -119,14 +119,20 @@ def compile(
     quantization result when that ran)."""
     from .npu.compile import CompileConfig, check_model
 
+    fp16 = precision == "fp16"
     cfg = CompileConfig(device=device, backend=backend, target_runtime=target_runtime,
                         qairt_version=qairt_version, num_check=num_check,
-                        hub_timeout_s=hub_timeout_s)
-    cfg.check()
+                        hub_timeout_s=hub_timeout_s, fp16=fp16)
+    device_profile = cfg.check()
     if backend == "hub":
-        from .npu.hub import client_config
+        from .npu.hub import preflight
 
-        client_config()  # not configured: say so now, not after quantizing
+        preflight(device_profile)  # unreachable, bad token, unknown device: now, not after quantizing
+    if model is None and fp16:
+        from .pipeline import export_and_compile
+
+        loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
+        return export_and_compile(loaded, out_dir, resolution, cfg, step)
     if model is None:
         from .pipeline import quantize_and_compile
         from .quant import QuantizeConfig
@@ -139,7 +145,7 @@ def compile(
         return quantize_and_compile(loaded, out_dir, qcfg, cfg, step)
     from .pipeline import compile_model
 
-    return compile_model(check_model(model, backend), out_dir, cfg, step)
+    return compile_model(check_model(model, backend, fp16), out_dir, cfg, step)
 
 
 def profile(
@@ -170,6 +176,10 @@ def profile(
     dev = ccfg.check()
     notices: list[str] = []
     backend = resolve_backend(backend, notices)
+    if backend == "hub":
+        from .npu.hub import preflight
+
+        preflight(dev)  # unreachable, bad token, unknown device: now, not after quantizing
     if model is None:
         from .pipeline import profile_checkpoint
 
@@ -202,15 +212,24 @@ def compare(
     warmup: int = 5,
     threads: int | None = None,
     hub_timeout_s: float = 3600.0,
+    eval_dir: str | Path | None = None,
+    eval_labels: str | Path | None = None,
+    eval_samples: int | None = None,
     allow_code_execution: bool = False,
     step: Callable[[str], None] = lambda msg: None,
 ):
     """ViT-T vs SkipAt at every resolution; without checkpoints, freshly initialised official
-    architectures (latency does not depend on weight values). Returns a
+    architectures (latency does not depend on weight values). With ``eval_dir`` (a labelled
+    dataset, as for :func:`evaluate`), float and INT8 top-1 beside the latency. Returns a
     :class:`skipat_deploy.measure.compare.CompareResult`."""
-    from .measure.compare import DEFAULT_ARCHS, CompareConfig
+    from .devices import resolve_device
+    from .measure.compare import DEFAULT_ARCHS, CompareConfig, resolve_backend
     from .pipeline import compare as run_compare
 
+    if resolve_backend(backend, []) == "hub":
+        from .npu.hub import preflight
+
+        preflight(resolve_device(device))  # say what is wrong with AI Hub before any work
     ckpts = {}
     for fam, path in (("vit", vit), ("skipat", skipat)):
         ckpts[fam] = load(path, None if path else DEFAULT_ARCHS[fam],
@@ -221,8 +240,71 @@ def compare(
             raise ArchitectureError(f"--{fam} {path} holds a {ckpts[fam].arch.family} model, not {fam}")
     cfg = CompareConfig(resolutions=tuple(resolutions), device=device, backend=backend,
                         precision=precision, quant_backend=quant_backend, runs=runs,
-                        warmup=warmup, threads=threads, hub_timeout_s=hub_timeout_s)
-    return run_compare(ckpts, out_dir, cfg, step)
+                        warmup=warmup, threads=threads, hub_timeout_s=hub_timeout_s,
+                        eval_samples=eval_samples)
+    eval_data = None
+    if eval_dir is not None:
+        from .measure.dataset import load_dataset
+
+        eval_data = load_dataset(eval_dir, eval_labels)
+    return run_compare(ckpts, out_dir, cfg, step, eval_data)
+
+
+def evaluate(
+    data: str | Path,
+    ckpt: str | Path | None = None,
+    model: str | Path | None = None,
+    labels: str | Path | None = None,
+    out_dir: str | Path = "export/evaluate",
+    targets: tuple[str, ...] | None = None,
+    resolution: int = 224,
+    precision: str = "w8a16",
+    quant_backend: str = "aimet",
+    device: str = "Galaxy S22",
+    num_samples: int | None = None,
+    seed: int = 0,
+    npu_samples: int = 64,
+    samples_per_job: int = 250,
+    max_top1_drop: float | None = None,
+    calib_dir: str | Path | None = None,
+    hub_timeout_s: float = 3600.0,
+    arch: str | None = None,
+    skip_indices: tuple[int, ...] | None = None,
+    head_dim: int = 64,
+    allow_code_execution: bool = False,
+    step: Callable[[str], None] = lambda msg: None,
+):
+    """Top-1 / top-5 on the labelled images in ``data`` (:mod:`skipat_deploy.measure.dataset`
+    says which layouts), for a checkpoint (default targets torch, onnx, qdq) or an exported
+    ``model`` (its own kind). Returns an :class:`skipat_deploy.measure.evaluate.EvaluateResult`;
+    its ``gate_failures`` name the INT8 targets over ``max_top1_drop`` points."""
+    from .errors import UserError
+    from .measure.dataset import load_dataset
+    from .measure.evaluate import EvaluateConfig
+    from .pipeline import evaluate as run_evaluate
+
+    if (ckpt is None) == (model is None):
+        raise UserError("give --ckpt (a trained classifier checkpoint) or --model (an exported "
+                        ".onnx / .qdq.onnx), not " + ("both" if ckpt else "neither"))
+    cfg = EvaluateConfig(
+        targets=tuple(targets or ()), resolution=resolution, precision=precision,
+        quant_backend=quant_backend, device=device, num_samples=num_samples, seed=seed,
+        npu_max_samples=npu_samples, samples_per_job=samples_per_job, max_top1_drop=max_top1_drop,
+        calib_dir=Path(calib_dir) if calib_dir else None, hub_timeout_s=hub_timeout_s)
+    cfg.check()
+    if "device" in cfg.targets:
+        from .devices import resolve_device
+        from .npu.hub import preflight
+
+        preflight(resolve_device(device))  # say what is wrong with AI Hub before quantizing
+    if ckpt is not None:
+        from .quant import QuantizeConfig
+
+        QuantizeConfig(resolution=resolution, precision=precision, backend=quant_backend,
+                       device=device, calib_dir=cfg.calib_dir).check()
+    dataset = load_dataset(data, labels)
+    source = Path(model) if model is not None else load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
+    return run_evaluate(source, dataset, out_dir, cfg, step)
 
 
 def bundle(
@@ -256,6 +338,14 @@ def bundle(
                        quant_backend=quant_backend, num_calib=num_calib,
                        calib_dir=Path(calib_dir) if calib_dir else None, zip=zip)
     return run_bundle(loaded, out_dir, cfg, step)
+
+
+def hub_devices() -> tuple[list[dict], list[str]]:
+    """AI Hub's live devices beside the local table (:func:`skipat_deploy.devices.merge_live`)."""
+    from .devices import merge_live
+    from .npu.hub import hub_catalog
+
+    return merge_live(hub_catalog())
 
 
 def verify(folder: str | Path):

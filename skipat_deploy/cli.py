@@ -50,6 +50,7 @@ class Run:
         self.measurements: list[dict] = []
         self.notices: list[str] = []
         self.results: list[dict] = []
+        self.extra: dict = {}  # command-specific top-level fields of the --json document
 
     def notice(self, text: str) -> None:
         self.notices.append(text)
@@ -88,6 +89,7 @@ class Run:
                 results=self.results,
                 notices=self.notices,
             )
+            doc.update(self.extra)
             sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
 
     def fail(self, message: str, code: int) -> None:
@@ -280,7 +282,7 @@ def compile_(
     num_check: Annotated[int, typer.Option(help="Samples run on the HTP simulator and compared with the CPU QDQ model (local).")] = 2,
     hub_timeout: HubTimeoutOpt = 3600.0,
     resolution: Annotated[int, typer.Option(help="With --ckpt: input size in px.")] = 224,
-    precision: Annotated[str, typer.Option(help="With --ckpt: w8a8, w8a16 or mixed.")] = "w8a16",
+    precision: Annotated[str, typer.Option(help="With --ckpt: w8a8, w8a16 or mixed (quantized), or fp16 (the float model in float16 on the HTP, on targets that can). With --model: fp16 for a float .onnx.")] = "w8a16",
     quant_backend: Annotated[str, typer.Option(help="With --ckpt: aimet or ort.")] = "aimet",
     calib: Annotated[Optional[Path], typer.Option(help="With --ckpt: calibration image folder (default: bundled photos).")] = None,
     num_calib: Annotated[int, typer.Option(help="With --ckpt: calibration samples.")] = 64,
@@ -338,7 +340,7 @@ def compile_(
             t.add_row(f"AI Hub {job['kind']} job", f"{job['id']} {job['status']} {job['url']}")
         if r.check is not None:
             c = r.check
-            t.add_row("NPU vs CPU QDQ SQNR", f"{c.sqnr_db:.2f} dB ({c.runs_on}; {c.inputs})")
+            t.add_row("NPU vs the same model on the CPU, SQNR", f"{c.sqnr_db:.2f} dB ({c.runs_on}; {c.inputs})")
             if c.top1_agreement is not None:
                 t.add_row("NPU vs CPU top-1 agreement", f"{c.top1_agreement:.0%}")
         t.add_row("versions", ", ".join(f"{k} {v}" for k, v in r.versions.items()))
@@ -436,6 +438,9 @@ def compare(
     runs: RunsOpt = 30,
     threads: ThreadsOpt = None,
     hub_timeout: HubTimeoutOpt = 3600.0,
+    eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="Labelled images (as for `evaluate --data`): float and INT8 top-1 beside the latency (needs trained --vit and --skipat).")] = None,
+    eval_labels: Annotated[Optional[Path], typer.Option("--eval-labels", help="Labels file for --eval (as `evaluate --labels`).")] = None,
+    eval_samples: Annotated[Optional[int], typer.Option("--eval-samples", help="Stratified subset of --eval (default: all).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Where compare.md / .json / .csv / .png go.")] = Path("profiles/results"),
     allow_code_execution: UnsafeOpt = False,
     as_json: JsonOpt = False,
@@ -456,6 +461,7 @@ def compare(
             r = api.compare(vit, skipat, out, resolutions=tuple(resolution), device=device,
                             backend=backend, precision=precision, quant_backend=quant_backend,
                             runs=runs, threads=threads, hub_timeout_s=hub_timeout,
+                            eval_dir=eval_dir, eval_labels=eval_labels, eval_samples=eval_samples,
                             allow_code_execution=allow_code_execution, step=step)
         for n in r.notices:
             run.notice(n)
@@ -467,6 +473,9 @@ def compare(
                         row.latency_ms, "ms", row.measured_on, subject)
             if row.model == "skipat":
                 run.measure("skipat_vit_ratio", row.ratio_vs_vit, "", row.measured_on, subject)
+            if row.top1_float is not None:
+                run.measure("top1_float", row.top1_float, "", "cpu", subject)
+                run.measure("top1_int8", row.top1_int8, "", "cpu (onnxruntime, QDQ)", subject)
         run.results.append(r.to_json())
         if not as_json:
             from .measure.compare import markdown
@@ -475,6 +484,78 @@ def compare(
             Console().print("\n".join(table), highlight=False, soft_wrap=True)
 
     guarded(run, body)
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", help="Labelled images: class folders (n01440764/ or 243/), an ImageNet val folder with its ground-truth file, or any folder with --labels.")],
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", help="Trained classifier checkpoint (targets torch, onnx, qdq, npu, device).")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="An exported .onnx (target onnx) or .qdq.onnx (qdq, npu, device) instead of --ckpt.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="CSV of path,label (label: class index or WordNet ID), or a text file of 'filename label' lines.")] = None,
+    targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated: torch, onnx, qdq, npu (HTP simulator), device (the phone via AI Hub). Default: torch,onnx,qdq for --ckpt, the model's kind for --model.")] = None,
+    resolution: Annotated[int, typer.Option(help="Input size in px (--ckpt).")] = 224,
+    precision: Annotated[str, typer.Option(help="INT8 targets from --ckpt: w8a16, w8a8 or mixed.")] = "w8a16",
+    quant_backend: Annotated[str, typer.Option(help="INT8 targets from --ckpt: aimet or ort.")] = "aimet",
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration images for the INT8 targets (default: photos bundled with scikit-image). Not the evaluation images.")] = None,
+    device: DeviceOpt = "Galaxy S22",
+    num_samples: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset of this many images, each class in proportion (default: all).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --num-samples subset.")] = 0,
+    npu_samples: Annotated[int, typer.Option(help="npu target: at most this many images (the x86-64 simulator takes seconds each).")] = 64,
+    samples_per_job: Annotated[int, typer.Option(help="device target: images per AI Hub inference job.")] = 250,
+    max_top1_drop: Annotated[Optional[float], typer.Option(help="Gate: exit 4 when an INT8 target's top-1 is more than this many points below float.")] = None,
+    hub_timeout: HubTimeoutOpt = 3600.0,
+    out: Annotated[Path, typer.Option("--out", help="Artifact and report folder.")] = Path("export/evaluate"),
+    arch: ArchOpt = None,
+    skip_indices: SkipOpt = None,
+    head_dim: HeadDimOpt = 64,
+    allow_code_execution: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Top-1 / top-5 on a labelled dataset: float against INT8 on the CPU, the NPU and the phone,
+    with 95 % confidence intervals. Exit 4 when --max-top1-drop is exceeded."""
+    from . import api
+
+    run = Run("evaluate", as_json, debug)
+    gate: list[str] = []
+
+    def body():
+        wanted = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else None
+        with run.progress(total=60) as step:
+            r = api.evaluate(
+                data, ckpt=ckpt, model=model, labels=labels, out_dir=out, targets=wanted,
+                resolution=resolution, precision=precision, quant_backend=quant_backend,
+                device=device, num_samples=num_samples, seed=seed, npu_samples=npu_samples,
+                samples_per_job=samples_per_job, max_top1_drop=max_top1_drop, calib_dir=calib,
+                hub_timeout_s=hub_timeout, arch=arch,
+                skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
+                allow_code_execution=allow_code_execution, step=step)
+        for n in r.notices:
+            run.notice(n)
+        for kind, path in r.files.items():
+            run.artifacts.append(dict(kind=f"evaluate_{kind}", path=str(path)))
+        for t in r.targets:
+            subject = f"{t.name}: {t.model or r.model}"
+            run.measure("top1", t.top1, "", t.runs_on, subject)
+            run.measure("top5", t.top5, "", t.runs_on, subject)
+        doc = r.to_json()
+        run.results.append(doc)
+        run.extra.update(targets=doc["targets"], gate_failures=r.gate_failures)
+        if r.gate_failures:
+            run.extra["ok"] = False
+        gate.extend(r.gate_failures)
+        if as_json:
+            return
+        from .measure.evaluate import markdown
+
+        Console().print(markdown(r), highlight=False, soft_wrap=True)
+
+    guarded(run, body)
+    if gate:
+        from .measure.evaluate import GATE_EXIT_CODE
+
+        err.print(f"[red]accuracy gate failed:[/] {'; '.join(gate)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(GATE_EXIT_CODE)
 
 
 @app.command()
@@ -598,8 +679,13 @@ def models(as_json: JsonOpt = False, debug: DebugOpt = False):
 
 
 @app.command()
-def devices(as_json: JsonOpt = False, debug: DebugOpt = False):
-    """List the Snapdragon device profiles (profiles/devices.json)."""
+def devices(
+    hub: Annotated[bool, typer.Option("--hub", help="Also list AI Hub's live devices (needs AI Hub configured), flagging what the local table lacks.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """List the Snapdragon targets (profiles/devices.json): AI Hub name, SoC, Hexagon version,
+    QNN soc_model, fp16 and weight-sharing support."""
     from dataclasses import asdict
 
     from .devices import load_profiles
@@ -607,13 +693,34 @@ def devices(as_json: JsonOpt = False, debug: DebugOpt = False):
     run = Run("devices", as_json, debug)
 
     def body():
-        table = _table("device", "chipset", "SoC", "Hexagon", "QNN soc_model", "AI Hub name", "aliases")
+        table = _table("device", "chipset", "SoC", "Hexagon", "soc_model", "fp16", "weight sharing",
+                       "OS", "AI Hub name", "also typed as")
         for p in load_profiles():
             run.results.append(asdict(p))
             table.add_row(p.name, p.chipset, p.soc, p.hexagon, str(p.qnn_soc_model),
-                          p.hub_devices[0], ", ".join(p.aliases[:4]))
-        if not as_json:
-            Console().print(table)
+                          "yes" if p.fp16 else "no", "yes" if p.weight_sharing else "no", p.os,
+                          p.hub_devices[0] if p.hub_devices else "(not on AI Hub)",
+                          ", ".join(p.aliases[:3]))
+        live = None
+        if hub:
+            from . import api
+
+            live, missing = api.hub_devices()
+            run.extra.update(hub_devices=live, not_on_hub=missing)
+            lacking = [d for d in live if d["profile"] is None]
+            for d in lacking:
+                run.notice(f"AI Hub offers {d['name']} ({d['chipset']}, {d['hexagon']}, soc-model "
+                           f"{d['soc_model']}), which the local table lacks")
+        if as_json:
+            return
+        Console().print(table)
+        if live is not None:
+            t = _table("AI Hub device", "chipset", "Hexagon", "soc-model", "OS", "local target",
+                       title="live on AI Hub")
+            for d in live:
+                t.add_row(d["name"], str(d["chipset"]), str(d["hexagon"]), str(d["soc_model"]),
+                          str(d["os"]), d["profile"] or "[yellow]not in the local table[/]")
+            Console().print(t)
 
     guarded(run, body)
 

@@ -9,24 +9,31 @@ device -> manifest).
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from . import calibration
 from .bundle import write_manifest
-from .checkpoint import LoadedCheckpoint
+from .checkpoint import LoadedCheckpoint, load_weights
 from .devices import resolve_device
 from .errors import UserError
-from .export import ExportConfig, artifact_name, check_resolution, export_onnx
+from .export import ExportConfig, artifact_name, check_resolution, export_onnx, read_metadata
 from .files import atomic_path
 from .measure import compare as cmp
+from .measure import evaluate as ev
+from .measure.dataset import LabelledImages, stratified_subset
 from .measure.profile import ProfileOutcome, profile_cpu_models, profile_hub
 from .npu.compile import CompileConfig, CompileResult, compile_local
 from .quant import QuantizeConfig, QuantizeResult, quantize
+from .models.registry import build_model
+from .preprocess import Preprocess
 from .quant.ort import quantize_ort
 
 Step = Callable[[str], None]
@@ -44,6 +51,13 @@ def quantize_and_compile(ckpt: LoadedCheckpoint, out_dir: str | Path, qcfg: Quan
     result = compile_model(quantized.qdq_onnx, out_dir, ccfg, step)
     result.quantized = quantized
     return result
+
+
+def export_and_compile(ckpt: LoadedCheckpoint, out_dir: str | Path, resolution: int,
+                       ccfg: CompileConfig, step: Step = _quiet) -> CompileResult:
+    """Export ``ckpt`` and compile the float model as it is (``ccfg.fp16``: float16 on the HTP)."""
+    (r,) = export_onnx(ckpt, out_dir, ExportConfig(resolutions=(resolution,)), step)
+    return compile_model(r.path, out_dir, ccfg, step)
 
 
 def compile_model(model: Path, out_dir: str | Path, ccfg: CompileConfig,
@@ -96,10 +110,23 @@ def profile_checkpoint(ckpt: LoadedCheckpoint, out_dir: Path, backend: str, reso
 
 
 def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path,
-            cfg: cmp.CompareConfig = cmp.CompareConfig(), step: Step = _quiet) -> cmp.CompareResult:
+            cfg: cmp.CompareConfig = cmp.CompareConfig(), step: Step = _quiet,
+            eval_data: LabelledImages | None = None) -> cmp.CompareResult:
     """ViT against SkipAt (``ckpts``: family -> checkpoint) at every resolution: make the
     models each backend needs, measure them (:mod:`skipat_deploy.measure.compare`), write the
-    reports into ``out_dir``."""
+    reports into ``out_dir``. With ``eval_data``, also the top-1 of the float model and of the
+    INT8 model (on the CPU) of every row."""
+    if eval_data is not None:
+        for fam, ck in ckpts.items():
+            if ck.info is None:
+                raise UserError(f"compare --eval measures accuracy: give a trained --{fam} "
+                                "checkpoint (freshly initialised weights have none)")
+            if not ck.arch.num_classes:
+                raise UserError(f"--{fam} {ck.info.path} has no classification head: top-1 "
+                                "needs class logits")
+            if eval_data.labels.max() >= ck.arch.num_classes:
+                raise UserError(f"--eval labels reach class {eval_data.labels.max()}, outside "
+                                f"--{fam}'s {ck.arch.num_classes} classes")
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     notices: list[str] = []
@@ -126,10 +153,33 @@ def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path,
                     notices.extend(n for n in q.notices if n not in notices)
                     qdq[(fam, res)] = q.qdq_onnx
             rows = cmp.hub_rows(qdq, archs, out_dir, cfg, device, step, notices)
+        if eval_data is not None:
+            scores = {}
+            for (fam, res), row_models in (models if backend == "cpu" else qdq).items():
+                float_model, int8 = row_models if backend == "cpu" else (None, row_models)
+                scores[(fam, res)] = _float_and_int8_top1(ckpts[fam], res, float_model, int8,
+                                                          eval_data, cfg.eval_samples, step)
+            cmp.add_accuracy(rows, scores)
+            notices.append("top-1: the float model and the INT8 QDQ model on this CPU, on "
+                           f"{eval_data.root} ({eval_data.layout})")
         result = cmp.CompareResult(backend, device.name, rows, {}, notices)
         result.seconds = time.perf_counter() - t0
         result.files = cmp.write_reports(result, tmp, out_dir)
     return result
+
+
+def _float_and_int8_top1(ck: LoadedCheckpoint, resolution: int, float_onnx: Path | None, int8: Path,
+                         data: LabelledImages, num_samples: int | None, step: Step):
+    images = ev.load_images(stratified_subset(data, num_samples), resolution, ck.spec.preprocess, step)
+    if float_onnx is not None:
+        name, y = "onnx", ev.onnx_logits(float_onnx, images, "onnx", step)
+    else:
+        grid = resolution // ck.arch.patch_size
+        model = load_weights(build_model(ck.arch, grid), ck.state_dict, ck.spec.name).eval()
+        name, y = "torch", ev.torch_logits(model, images, step)
+    fl = ev.score(name, y, images.labels, None if float_onnx is None else str(float_onnx), 0.0)
+    q = ev.score("qdq", ev.onnx_logits(int8, images, "qdq", step), images.labels, str(int8), 0.0, y)
+    return fl, q
 
 
 @dataclass(frozen=True)
@@ -194,3 +244,155 @@ def bundle(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: BundleConfig = Bund
             result.zips.append(Path(archive))
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str | Path,
+             cfg: ev.EvaluateConfig = ev.EvaluateConfig(), step: Step = _quiet) -> ev.EvaluateResult:
+    """Top-1 / top-5 of a classifier on ``data`` for every target of ``cfg``: from a checkpoint,
+    the float model (``torch``), its export (``onnx``), the INT8 model (``qdq``), its context
+    binary on the HTP simulator (``npu``) and on the phone (``device``), each made into
+    ``out_dir`` first; from an exported ONNX (``source`` a path), that model (and, when it is
+    quantized, its compiled forms). Reports go into ``out_dir``; ``gate_failures`` lists INT8
+    targets over ``cfg.max_top1_drop``."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    notices = list(data.notices)
+    if isinstance(source, LoadedCheckpoint):
+        if not source.arch.num_classes:
+            raise UserError(f"{source.spec.name} has no classification head (it outputs features): "
+                            "top-1 needs class logits; evaluate a classifier checkpoint")
+        num_classes, pp, resolution = source.arch.num_classes, source.spec.preprocess, cfg.resolution
+        check_resolution(resolution, source.arch.patch_size)
+        name = source.info.path if source.info else f"{source.spec.name} (freshly initialised)"
+        stem = artifact_name(source, resolution, 1).removesuffix(".onnx")
+        quantized = False
+        cfg = replace(cfg, targets=cfg.targets or ("torch", "onnx", "qdq"))
+    else:
+        meta = _onnx_metadata(source)
+        num_classes, pp, resolution = meta["num_classes"], Preprocess.from_dict(meta["preprocess"]), meta["resolution"]
+        if not num_classes:
+            raise UserError(f"{source.name} has no classification head (it outputs features): "
+                            "top-1 needs class logits; evaluate a classifier")
+        name, stem = str(source), _onnx_stem(source)
+        quantized = _is_quantized(source)
+        allowed = ("qdq", "npu", "device") if quantized else ("onnx",)
+        cfg = replace(cfg, targets=cfg.targets or allowed[:1])
+        wrong = [t for t in cfg.targets if t not in allowed]
+        if wrong:
+            kind = "an INT8 QDQ model" if quantized else "a float model"
+            raise UserError(f"--model {source.name} is {kind}: it can be evaluated as "
+                            f"{', '.join(allowed)}, not {', '.join(wrong)} (those need --ckpt)")
+    cfg.check()
+    labels = data.labels
+    if labels.max() >= num_classes:
+        bad = next(p for p, c in data.items if c >= num_classes)
+        raise UserError(f"label {labels.max()} ({bad}) is outside the model's {num_classes} classes")
+    if cfg.max_top1_drop is not None and not any(t in ev.FLOAT_TARGETS for t in cfg.targets):
+        raise UserError("--max-top1-drop compares with the float model: add torch or onnx to "
+                        "--targets (with --ckpt)")
+
+    subset = stratified_subset(data, cfg.num_samples, cfg.seed)
+    images = ev.load_images(subset, resolution, pp, step)
+    if images.unreadable:
+        notices.append(f"{len(images.unreadable)} unreadable image(s) skipped (first: "
+                       f"{images.unreadable[0][1]})")
+    ordered = [t for t in ev.TARGETS if t in cfg.targets]
+    reference_name = next((t for t in ordered if t in ev.FLOAT_TARGETS), None)
+    scores: dict[str, ev.TargetScore] = {}
+    logits: dict[str, np.ndarray] = {}
+    qdq = None if isinstance(source, LoadedCheckpoint) else source
+    for target in ordered:
+        t1 = time.perf_counter()
+        note, model_path = None, None
+        if target == "torch":
+            step("building the PyTorch model")
+            grid = resolution // source.arch.patch_size
+            model = load_weights(build_model(source.arch, grid), source.state_dict, source.spec.name).eval()
+            y = ev.torch_logits(model, images, step)
+        elif target == "onnx":
+            if isinstance(source, LoadedCheckpoint):
+                (r,) = export_onnx(source, out_dir, ExportConfig(resolutions=(resolution,)), step)
+                model_path = r.path
+            else:
+                model_path = source
+            y = ev.onnx_logits(model_path, images, "onnx", step)
+        else:
+            if qdq is None:
+                q = quantize(source, out_dir, QuantizeConfig(
+                    resolution=resolution, precision=cfg.precision, backend=cfg.quant_backend,
+                    device=cfg.device, calib_dir=cfg.calib_dir), step)
+                notices.extend(n for n in q.notices if n not in notices)
+                qdq = q.qdq_onnx
+            t1 = time.perf_counter()  # the INT8 model's own time, not the quantization's
+            if target == "qdq":
+                model_path, y = qdq, ev.onnx_logits(qdq, images, "qdq", step)
+            elif target == "npu":
+                c = compile_local(qdq, out_dir, CompileConfig(device=cfg.device), step)
+                model_path = c.artifacts["context_binary"]
+                t1 = time.perf_counter()
+                y = ev.npu_logits(c.artifacts["context_onnx"], cfg.device, images, cfg.npu_max_samples, step)
+                if len(y) < len(images):
+                    note = (f"first {len(y)} of {len(images)} images only (--npu-samples "
+                            f"{cfg.npu_max_samples}: the x86-64 HTP simulator takes seconds per image)")
+            else:
+                from .npu.hub import infer_on_device
+
+                ccfg = CompileConfig(device=cfg.device, backend="hub", hub_timeout_s=cfg.hub_timeout_s)
+                c = compile_model(qdq, out_dir, ccfg, step)
+                notices.extend(c.notices)
+                model_path = c.artifacts["target_model"]
+                x = np.concatenate(list(images.batches(1)))
+                y, _, hub_notices = infer_on_device(
+                    c.jobs[0]["id"], qdq, out_dir, resolve_device(cfg.device), _input_name(qdq), x,
+                    cfg.samples_per_job, step, cfg.hub_timeout_s)
+                notices.extend(hub_notices)
+                note = f"{math.ceil(len(x) / cfg.samples_per_job)} AI Hub inference job(s)"
+        logits[target] = y
+        ref = logits.get(reference_name) if target != reference_name else None
+        scores[target] = ev.score(target, y, images.labels, None if model_path is None else str(model_path),
+                                  time.perf_counter() - t1, ref, note)
+    result = ev.EvaluateResult(
+        model=name, dataset=str(data.root), layout=data.layout, resolution=resolution,
+        precision=cfg.precision if (quantized or any(t in ev.INT8_TARGETS for t in ordered)) else None,
+        reference=reference_name, targets=[scores[t] for t in ordered], num_images=len(images),
+        unreadable=images.unreadable, max_top1_drop=cfg.max_top1_drop, notices=notices)
+    if quantized:
+        result.precision = (_onnx_metadata(source).get("quantization") or {}).get("precision")
+    ev.apply_gate(result)
+    result.seconds = time.perf_counter() - t0
+    ev.write_reports(result, out_dir, stem)
+    return result
+
+
+def _onnx_metadata(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"model not found: {path}")
+    try:
+        meta = read_metadata(path)
+    except Exception:
+        raise UserError(f"{path} is not a readable ONNX model") from None
+    if not meta:
+        raise UserError(f"{path} was not exported by skipat-deploy (no pre-processing metadata): "
+                        "evaluate its checkpoint with --ckpt")
+    return meta
+
+
+def _is_quantized(path: Path) -> bool:
+    import onnx
+
+    return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    init = {i.name for i in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in init)
+
+
+def _onnx_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".qdq.onnx", ".onnx"):
+        name = name.removesuffix(suffix)
+    return name

@@ -230,7 +230,7 @@ def test_hub_wrong_token_is_one_line(tmp_path, qdq, hub, monkeypatch):
                                    "--out", str(tmp_path / "out")])
     assert res.exit_code == 3
     (line,) = res.output.strip().splitlines()
-    assert "AI Hub rejected the API token" in line
+    assert "AI Hub at" in line and "rejected the API token" in line
 
 
 def test_hub_failed_job_names_the_reason_and_a_rerun_resubmits(tmp_path, qdq, hub):

@@ -175,7 +175,7 @@ def test_a_hub_that_does_not_answer_ends_in_one_line_in_bounded_time(tmp_path, q
         silent.close()
     assert res.exit_code == 3, res.output
     (line,) = res.output.strip().splitlines()
-    assert line.startswith("error: AI Hub did not answer")
+    assert line.startswith("error: AI Hub") and "did not answer" in line
     assert took < 60
 
 

@@ -30,6 +30,8 @@ FAMILIES = ("vit", "skipat")
 DEFAULT_ARCHS = {"vit": "vit_tiny_patch16", "skipat": "skipat_tiny_patch16"}
 # The paper's Table 3: Galaxy S22 NPU, INT8, ms.
 PAPER_S22_MS = {("vit", 224): 5.65, ("vit", 384): 20.49, ("skipat", 224): 4.76, ("skipat", 384): 15.22}
+# The paper's Table 1: ImageNet-1k top-1 %, float, 224 px, for the T-size models.
+PAPER_TOP1 = {("vit_tiny_patch16", 224): 72.8, ("skipat_tiny_patch16", 224): 72.9}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class CompareConfig:
     warmup: int = 5
     threads: int | None = None
     hub_timeout_s: float = 3600.0
+    eval_samples: int | None = None  # --eval: a stratified subset of this many images
 
 
 @dataclass
@@ -58,6 +61,12 @@ class CompareRow:
     paper_ms: float | None
     measured_on: str
     device_vs_cpu_sqnr_db: float | None = None  # hub: the phone's output vs the local QDQ model
+    # --eval: top-1 (fractions) of the float model and of the INT8 QDQ model on the CPU
+    top1_float: float | None = None
+    top1_int8: float | None = None
+    top1_int8_drop_ci: tuple[float, float] | None = None
+    eval_images: int | None = None
+    paper_top1: float | None = None  # %
 
 
 @dataclass
@@ -154,6 +163,16 @@ def hub_rows(models: dict[tuple[str, int], Path], archs: dict[str, str], out_dir
     return rows
 
 
+def add_accuracy(rows: list[CompareRow], scores: dict[tuple[str, int], tuple]) -> None:
+    """``scores``: (family, resolution) -> (float TargetScore, INT8 TargetScore, the second
+    scored against the first on the same images)."""
+    for r in rows:
+        fl, q = scores[(r.model, r.resolution)]
+        r.top1_float, r.top1_int8, r.eval_images = fl.top1, q.top1, q.n
+        r.top1_int8_drop_ci = q.top1_drop_ci
+        r.paper_top1 = PAPER_TOP1.get((r.arch, r.resolution))
+
+
 # --------------------------------------------------------------------------------------------
 # Reports
 
@@ -190,6 +209,11 @@ def markdown(result: CompareResult) -> str:
         head.append("paper, S22 NPU INT8 ms")
     if not cpu:
         head.append("phone vs local QDQ SQNR")
+    with_eval = any(r.top1_float is not None for r in result.rows)
+    if with_eval:
+        head += ["top-1 % float / INT8 (n)", "INT8 drop 95 % CI (points)"]
+        if any(r.paper_top1 is not None for r in result.rows):
+            head.append("paper top-1 % (ImageNet, float)")
     title = (f"# ViT-T vs SkipAt-T on {result.rows[0].measured_on.split(':')[0]}" if cpu
              else f"# ViT-T vs SkipAt-T on the {result.device} NPU (AI Hub)")
     lines = [title, "",
@@ -204,6 +228,12 @@ def markdown(result: CompareResult) -> str:
         if not cpu:
             sq = r.device_vs_cpu_sqnr_db
             cells.append("-" if sq is None else f"{sq:.1f} dB")
+        if with_eval:
+            ci = r.top1_int8_drop_ci
+            cells += [f"{100 * r.top1_float:.1f} / {100 * r.top1_int8:.1f} ({r.eval_images})",
+                      "-" if ci is None else f"{100 * ci[0]:.1f} to {100 * ci[1]:.1f}"]
+            if any(x.paper_top1 is not None for x in result.rows):
+                cells.append("-" if r.paper_top1 is None else f"{r.paper_top1:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Measured on: {result.rows[0].measured_on}."]
     lines += [f"Note: {n}" for n in result.notices]

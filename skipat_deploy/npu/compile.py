@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..devices import DEFAULT_DEVICE, DeviceProfile, resolve_device
+from ..devices import DEFAULT_DEVICE, DeviceProfile, check_precision, resolve_device
 from ..errors import UserError
 from ..export import run_qdq_cpu, sample_inputs
 from ..files import compiled_stem, sha256_path
@@ -49,6 +49,7 @@ class CompileConfig:
     qairt_version: str | None = None  # hub only: pin the AI Hub compiler (QAIRT) version
     num_check: int = 2  # validation samples run on the HTP simulator (about 1 s each for ViT-T)
     hub_timeout_s: float = 3600.0  # hub: give up waiting for a job after this long
+    fp16: bool = False  # local: compile a float model to run in float16 on the HTP
 
     def check(self) -> DeviceProfile:
         if self.backend not in BACKENDS:
@@ -63,7 +64,10 @@ class CompileConfig:
             raise UserError("--num-check must be at least 1")
         if self.hub_timeout_s <= 0:
             raise UserError("--hub-timeout must be positive (seconds)")
-        return resolve_device(self.device)
+        device = resolve_device(self.device)
+        if self.fp16:
+            check_precision(device, "fp16")
+        return device
 
 
 @dataclass
@@ -108,9 +112,10 @@ class CompileResult:
         return d
 
 
-def check_model(model: str | Path, backend: str) -> Path:
+def check_model(model: str | Path, backend: str, fp16: bool = False) -> Path:
     """The model to compile, or a one-line error: it must exist and, for the local backend, be
-    a quantized (QDQ) ONNX; AI Hub also takes a ``.aimet`` folder."""
+    a quantized (QDQ) ONNX, or a float one with ``fp16``; AI Hub also takes a ``.aimet``
+    folder."""
     model = Path(model)
     if not model.exists():
         raise UserError(f"model not found: {model}")
@@ -126,9 +131,13 @@ def check_model(model: str | Path, backend: str) -> Path:
         graph = onnx.load(str(model), load_external_data=False).graph
     except Exception as e:  # protobuf's DecodeError and friends
         raise UserError(f"{model} is not a readable ONNX model ({type(e).__name__})") from None
-    if backend == "local" and not any(n.op_type == "QuantizeLinear" for n in graph.node):
-        raise UserError(f"{model.name} is a float model: the NPU runs quantized graphs. Give the "
-                        ".qdq.onnx from `skipat-deploy quantize`, or --ckpt to quantize first")
+    quantized = any(n.op_type == "QuantizeLinear" for n in graph.node)
+    if backend == "local" and not quantized and not fp16:
+        raise UserError(f"{model.name} is a float model: give the .qdq.onnx from `skipat-deploy "
+                        "quantize` (or --ckpt to quantize first), or --precision fp16 to run it "
+                        "in float16 on targets that can")
+    if fp16 and quantized:
+        raise UserError(f"{model.name} is quantized: --precision fp16 compiles the float .onnx")
     return model
 
 
@@ -144,10 +153,10 @@ def compile_local(model: str | Path, out_dir: str | Path, cfg: CompileConfig = C
 
     t0 = time.perf_counter()
     device = cfg.check()
-    model = check_model(model, "local")
+    model = check_model(model, "local", cfg.fp16)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = compiled_stem(model, device.soc)
+    stem = compiled_stem(model, device.soc) + (".fp16" if cfg.fp16 else "")
     final = {"context_onnx": out_dir / f"{stem}.ctx.onnx",
              "context_binary": out_dir / f"{stem}.ctx_qnn.bin"}
     record = out_dir / f"{stem}.compile.json"
@@ -156,9 +165,9 @@ def compile_local(model: str | Path, out_dir: str | Path, cfg: CompileConfig = C
         ctx = tmp / final["context_onnx"].name
         step(f"compiling for {device.soc} (Hexagon {device.hexagon}) with the QNN HTP backend")
         try:
-            qnn.htp_session(model, device, context_file=ctx)
+            qnn.htp_session(model, device, context_file=ctx, fp16=cfg.fp16)
         except Exception as e:
-            rejected = qnn.rejected_nodes(model, device)
+            rejected = qnn.rejected_nodes(model, device, cfg.fp16)
             if rejected or "fallback to CPU EP has been explicitly disabled" in str(e):
                 raise qnn.NpuPlacementError(model, device, rejected) from None
             raise CompileError(f"QNN could not compile {model.name} for {device.soc}: "
@@ -168,7 +177,7 @@ def compile_local(model: str | Path, out_dir: str | Path, cfg: CompileConfig = C
             raise CompileError(f"QNN wrote no context binary for {model.name}")
 
         step("running the context binary on the HTP backend (x86-64 simulator)")
-        sess = qnn.htp_session(ctx, device)
+        sess = qnn.htp_session(ctx, device, fp16=cfg.fp16)
         inp = sess.get_inputs()[0]
         x, described, classifier = sample_inputs(model, cfg.num_check, tuple(inp.shape))
         npu = [sess.run(None, {inp.name: xi})[0] for xi in x]

@@ -9,6 +9,7 @@ submitting a new one. Transient service failures are retried with backoff; perma
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ..devices import DeviceProfile
@@ -28,6 +30,7 @@ from .compile import CompileConfig, CompileError, CompileResult, npu_check, writ
 
 POLL_SECONDS = 15.0  # how often a running job's state is read
 RETRY_DELAYS = (5.0, 20.0, 60.0)  # backoff between attempts after a transient failure
+CALL_BUDGET_S = 600.0  # no new attempt of one call starts after this long
 _sleep = time.sleep
 _clock = time.monotonic
 
@@ -71,6 +74,96 @@ def client():
     return qai_hub.Client(config=client_config())
 
 
+# --------------------------------------------------------------------------------------------
+# Preflight: reach AI Hub before any heavy work. The client's own calls wait up to ~4 minutes
+# each on a silent endpoint (7 tries of a 3 s connect and a 28 s read timeout, with backoff);
+# this one request has short timeouts, so a typo in api_url, a VPN down, a bad token or an
+# unknown device is one line within seconds.
+
+PREFLIGHT_CONNECT_S = 5.0
+PREFLIGHT_READ_S = 15.0  # AI Hub answers a device query in well under a second
+
+
+class HubUnreachable(HubError):
+    """AI Hub refused the connection, or did not answer within the preflight's timeouts."""
+
+
+@dataclass(frozen=True)
+class HubTarget:
+    """What the preflight found: the device AI Hub will run on and its attributes."""
+
+    api_url: str
+    hub_device: str
+    attributes: tuple[str, ...]
+    seconds: float
+
+
+def _device_query(params: dict):
+    """AI Hub's device list for ``params`` with the preflight's short timeouts (one retry of a
+    5xx / 429); every failure is one line."""
+    import requests
+    from qai_hub import api_utils
+    from qai_hub import public_api_pb2 as pb
+
+    config = client_config()
+    where = f"AI Hub at {config.api_url} ({api_utils.get_config_path()})"
+    response = None
+    for attempt in range(2):
+        try:
+            response = requests.get(api_utils.api_url(config, "devices"),
+                                    headers=api_utils.auth_header(config), params=params,
+                                    timeout=(PREFLIGHT_CONNECT_S, PREFLIGHT_READ_S))
+        except requests.exceptions.Timeout:
+            raise HubUnreachable(f"{where} did not answer within {PREFLIGHT_READ_S:.0f} s: check "
+                                 "api_url and the network (VPN, proxy), or use --backend cpu / "
+                                 "local") from None
+        except requests.exceptions.RequestException as e:
+            reason = "refused the connection" if "refused" in str(e).lower() else "cannot be reached"
+            raise HubUnreachable(f"{where} {reason}: check api_url and the network (VPN, proxy), "
+                                 "or use --backend cpu / local") from None
+        if response.status_code not in (429, 500, 502, 503, 504) or attempt == 1:
+            break
+        _sleep(3.0)
+    code = response.status_code
+    if code in (401, 403):
+        raise HubError(f"{where} rejected the API token (HTTP {code}): {CONFIGURE_HINT}")
+    if code >= 400:
+        raise HubError(f"{where} answered HTTP {code} to a device query: the service may be "
+                       "down; try again later, or use --backend cpu / local")
+    found = pb.DeviceList()
+    try:
+        found.ParseFromString(response.content)
+    except Exception:
+        raise HubUnreachable(f"{where} did not answer like AI Hub (is api_url right?)") from None
+    return config, found
+
+
+def preflight(device: DeviceProfile) -> HubTarget:
+    """One authenticated device query with short timeouts: AI Hub is reachable, the token is
+    accepted and the device exists there; otherwise :class:`HubError` in one line."""
+    if not device.hub_devices:
+        raise HubError(f"{device.name} ({device.soc}) is not offered on AI Hub: compile locally "
+                       "(--backend local) or pick a device `skipat-deploy devices` marks as on AI Hub")
+    t0 = time.monotonic()
+    name = device.hub_devices[0]
+    config, found = _device_query({"name": name, "select": "true"})
+    if not found.devices:
+        raise HubError(f"AI Hub has no device named {name!r} (for --device {device.name}): "
+                       "`skipat-deploy devices --hub` lists what it offers")
+    d = found.devices[0]
+    return HubTarget(config.api_url, d.name, tuple(d.attributes), time.monotonic() - t0)
+
+
+def hub_catalog() -> list[dict]:
+    """AI Hub's live device list: name, OS and the chipset / hexagon / soc-model attributes."""
+    rows = []
+    for d in _device_query({})[1].devices:
+        attrs = {a.split(":", 1)[0]: a.split(":", 1)[1] for a in d.attributes if ":" in a}
+        rows.append(dict(name=d.name, os=d.os, chipset=attrs.get("chipset"),
+                         hexagon=attrs.get("hexagon"), soc_model=attrs.get("soc-model")))
+    return rows
+
+
 def call(fn: Callable, *args, what: str, **kwargs):
     """``fn(*args, **kwargs)`` with retries on transient failures (the client's own retries
     included, a 5xx or a dropped connection that persists); permanent failures become one
@@ -78,6 +171,7 @@ def call(fn: Callable, *args, what: str, **kwargs):
     import qai_hub
     from qai_hub.client import RateLimitedError
 
+    t0 = _clock()
     for attempt in range(len(RETRY_DELAYS) + 1):
         try:
             # The client prints ("Downloaded model to ...") even when not verbose; stdout
@@ -89,9 +183,9 @@ def call(fn: Callable, *args, what: str, **kwargs):
                 raise HubError(f"AI Hub did not answer while {what} (timed out after the "
                                "client's own retries): check api_url in the client.ini "
                                "and the network") from None
-            if attempt == len(RETRY_DELAYS):
-                raise HubError(f"AI Hub stayed unavailable while {what} "
-                               f"({len(RETRY_DELAYS) + 1} attempts): {_first_line(e)}") from None
+            if attempt == len(RETRY_DELAYS) or _clock() - t0 + RETRY_DELAYS[attempt] > CALL_BUDGET_S:
+                raise HubError(f"AI Hub stayed unavailable while {what} ({attempt + 1} attempts "
+                               f"in {_clock() - t0:.0f} s): {_first_line(e)}") from None
             _sleep(RETRY_DELAYS[attempt])
         except qai_hub.UserError as e:
             text = _first_line(e)
@@ -364,3 +458,67 @@ def finish_profile(sub: Submitted, model: Path, out_dir: Path, device: DevicePro
     return HubProfile(model=model, device=device.name, hub_device=device.hub_devices[0],
                       raw_profile=raw, device_check=check, jobs=[entry], notices=list(sub.notices),
                       **figures)
+
+
+# --------------------------------------------------------------------------------------------
+# Batched inference on the phone (accuracy runs): the images in datasets of ``chunk`` samples,
+# each uploaded once (the run record keeps its id, so a re-run reuses it), one inference job per
+# dataset, every job submitted before any is waited on.
+
+def _dataset(hub, record: RunRecord, input_name: str, x: np.ndarray, step: Callable[[str], None]):
+    digest = hashlib.sha256(x.tobytes()).hexdigest()
+    key = f"dataset {digest[:16]}"
+    entry = record.job(key)
+    if entry:
+        return call(hub.get_dataset, entry["id"], what=f"looking up dataset {entry['id']}"), digest
+    step(f"uploading a dataset of {len(x)} images to AI Hub")
+    ds = call(hub.upload_dataset, {input_name: [xi[None] for xi in x]},
+              name=f"skipat-deploy eval {digest[:8]}", what="uploading the dataset")
+    record.put(key, dict(kind="dataset", id=ds.dataset_id, samples=len(x), sha256=digest))
+    return ds, digest
+
+
+def infer_on_device(compile_job_id: str, model: Path, out_dir: Path, device: DeviceProfile,
+                    input_name: str, x: np.ndarray, samples_per_job: int,
+                    step: Callable[[str], None] = lambda msg: None, timeout_s: float = 3600.0,
+                    hub=None) -> tuple[np.ndarray, list[dict], list[str]]:
+    """Run the compiled model of AI Hub compile job ``compile_job_id`` on ``device`` for every
+    sample of ``x`` (N, ...): returns the first output (N, ...), the job entries and notices.
+    Resumable: a re-run with the same images finds its datasets and jobs in the run record."""
+    hub = hub or client()
+    record = RunRecord(out_dir / f"{compiled_stem(model, device.soc)}.hub.json")
+    compiled = call(hub.get_job, compile_job_id, what=f"looking up compile job {compile_job_id}")
+    target = None
+    subs: list[Submitted] = []
+    for start in range(0, len(x), samples_per_job):
+        chunk = x[start : start + samples_per_job]
+        ds, digest = _dataset(hub, record, input_name, chunk, step)
+        identity = dict(compile_job=compile_job_id, dataset_sha256=digest,
+                        hub_device=device.hub_devices[0])
+
+        def submit(ds=ds, start=start, n=len(chunk)):
+            nonlocal target
+            target = target or call(compiled.get_target_model, what="reading the compiled model")
+            step(f"submitting inference on images {start + 1}-{start + n} ({device.hub_devices[0]})")
+            job = call(hub.submit_inference_job, target, device=hub_device(device), inputs=ds,
+                       profile=False, name=f"skipat-deploy eval {start + 1}-{start + n}",
+                       what="submitting an inference job")
+            return job, "inference"
+
+        subs.append(_submit_or_resume(hub, record, f"inference eval {digest[:16]}", identity,
+                                      submit, step))
+    outputs, entries, notices = [], [], []
+    for sub in subs:
+        entry = wait(sub.job, sub.entry, sub.record, sub.key, step, timeout_s)
+        data = call(sub.job.download_output_data, what=f"downloading the outputs of job {sub.job.job_id}")
+        if not data:
+            raise HubError(f"AI Hub inference job {sub.job.job_id} returned no outputs ({sub.job.url})")
+        arrays = next(iter(data.values()))  # one output: the logits
+        outputs.append(np.concatenate([np.asarray(a).reshape(1, -1) if np.asarray(a).ndim == 1
+                                       else np.asarray(a) for a in arrays]))
+        entries.append(entry)
+        notices.extend(sub.notices)
+    y = np.concatenate(outputs)
+    if len(y) != len(x):
+        raise HubError(f"AI Hub returned {len(y)} outputs for {len(x)} images")
+    return y, entries, notices

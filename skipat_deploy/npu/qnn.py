@@ -69,16 +69,20 @@ def sdk_versions() -> dict[str, str]:
             "qnn_sdk": info.qnn_version}
 
 
-def _options(device: DeviceProfile, cpu_fallback: bool, context_file, severity: int):
+def _options(device: DeviceProfile, cpu_fallback: bool, context_file, severity: int,
+             fp16: bool = False, extra: dict | None = None):
     qnn = _plugin()
     devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
     so = ort.SessionOptions()
     so.log_severity_level = severity
-    so.add_provider_for_devices(devices, {
+    options = {
         "backend_path": qnn.get_qnn_htp_path(),
         "soc_model": str(device.qnn_soc_model),
         "htp_arch": str(device.htp_arch),
-    })
+    }
+    if fp16:  # float graphs run in float16 on the HTP
+        options["enable_htp_fp16_precision"] = "1"
+    so.add_provider_for_devices(devices, {**options, **(extra or {})})
     if not cpu_fallback:
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     if context_file is not None:
@@ -89,11 +93,11 @@ def _options(device: DeviceProfile, cpu_fallback: bool, context_file, severity: 
 
 
 def htp_session(model: str | Path, device: DeviceProfile, cpu_fallback: bool = False,
-                context_file: str | Path | None = None) -> ort.InferenceSession:
+                context_file: str | Path | None = None, fp16: bool = False) -> ort.InferenceSession:
     """A session on the HTP backend for ``device``'s SoC. Without ``cpu_fallback`` creating it
     fails unless every node runs on the NPU. With ``context_file`` it also writes the EPContext
     model there and the QNN context binary beside it (``<stem>_qnn.bin``)."""
-    so = _options(device, cpu_fallback, context_file, severity=3)
+    so = _options(device, cpu_fallback, context_file, severity=3, fp16=fp16)
     with native_output():
         return ort.InferenceSession(str(model), so)
 
@@ -112,11 +116,11 @@ _UNIT = re.compile(r"Validation FAILED for \d+ nodes in OrtNodeUnit \((\S+)\) :\
 _MEMBER = re.compile(r"Operator type: (\S+) Node name: (.*?) Node index: (\d+)")
 
 
-def rejected_nodes(model: str | Path, device: DeviceProfile) -> list[Rejected]:
+def rejected_nodes(model: str | Path, device: DeviceProfile, fp16: bool = False) -> list[Rejected]:
     """The nodes QNN's HTP backend refuses for ``device``, each with the EP's reason. Runs a
     session with CPU fallback allowed and verbose logging, and parses the EP's validation log
     (one block per node unit: its member nodes, then the reason)."""
-    so = _options(device, cpu_fallback=True, context_file=None, severity=0)
+    so = _options(device, cpu_fallback=True, context_file=None, severity=0, fp16=fp16)
     log: list[str] = []
     with contextlib.suppress(Exception), native_output(log):
         ort.InferenceSession(str(model), so)

@@ -30,7 +30,7 @@ import torch
 
 from .. import calibration
 from ..checkpoint import LoadedCheckpoint, load_weights
-from ..devices import DEFAULT_DEVICE, resolve_device
+from ..devices import DEFAULT_DEVICE, check_precision, resolve_device
 from ..errors import ExportValidationError, UserError
 from ..export import (INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, check_resolution,
                       export_onnx, output_name, run_qdq_cpu)
@@ -86,7 +86,9 @@ class QuantizeConfig:
         for what, folder in (("--calib", self.calib_dir), ("--eval", self.eval_dir)):
             if folder is not None and not Path(folder).is_dir():
                 raise UserError(f"{what} folder not found: {folder}")
-        return resolve_device(self.device)
+        device = resolve_device(self.device)
+        check_precision(device, self.precision)
+        return device
 
 
 @dataclass
