@@ -19,7 +19,7 @@ from .measure.predict import Prediction, predict
 
 DEFAULT_ARCH = "skipat_tiny_patch16"
 
-__all__ = ["bundle", "compare", "compile", "evaluate", "export", "load", "predict", "profile", "quantize", "verify", "ExportResult", "Prediction", "DEFAULT_ARCH"]
+__all__ = ["bundle", "compare", "compile", "compile_shared", "evaluate", "export", "load", "predict", "profile", "quantize", "verify", "ExportResult", "Prediction", "DEFAULT_ARCH"]
 
 
 def load(
@@ -146,6 +146,22 @@ def compile(
     from .pipeline import compile_model
 
     return compile_model(check_model(model, backend, fp16), out_dir, cfg, step)
+
+
+def compile_shared(
+    models: list[str | Path],
+    out_dir: str | Path = "export",
+    device: str = "Galaxy S22",
+    num_check: int = 2,
+    fp16: bool = False,
+    step: Callable[[str], None] = lambda msg: None,
+):
+    """Compile several models (the 224 and 384 px QDQ models of one checkpoint) into ONE
+    weight-shared context binary for ``device``; one CompileResult per model."""
+    from .npu.compile import CompileConfig, compile_local_many
+
+    return compile_local_many([Path(m) for m in models], out_dir,
+                              CompileConfig(device=device, num_check=num_check, fp16=fp16), step)
 
 
 def profile(

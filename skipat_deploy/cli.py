@@ -273,7 +273,8 @@ def quantize(
 
 @app.command(name="compile")
 def compile_(
-    model: Annotated[Optional[Path], typer.Option("--model", help="QDQ ONNX from `skipat-deploy quantize` (for --backend hub also a .aimet folder).")] = None,
+    model: Annotated[Optional[list[Path]], typer.Option("--model", help="QDQ ONNX from `skipat-deploy quantize` (for --backend hub also a .aimet folder). Repeat with --share-weights.")] = None,
+    share_weights: Annotated[bool, typer.Option("--share-weights", help="Local: put every --model (e.g. the 224 and 384 px models) in ONE context binary, weights stored once (targets with weight sharing: v73+).")] = False,
     ckpt: CkptOpt = None,
     device: DeviceOpt = "Galaxy S22",
     backend: Annotated[str, typer.Option(help="local (offline, onnxruntime-qnn) or hub (Qualcomm AI Hub).")] = "local",
@@ -301,53 +302,67 @@ def compile_(
     run = Run("compile", as_json, debug)
 
     def body():
-        if model is not None and ckpt is not None:
+        if model and ckpt is not None:
             raise UserError("give --model (a quantized ONNX) or --ckpt, not both")
-        if model is None:
+        if not model:
             _notice_fresh(run, ckpt, arch, "compiling")
+        models = model or []
         with run.progress(total=50) as step:
-            r = api.compile(
-                model, out, device=device, backend=backend, target_runtime=target_runtime,
-                qairt_version=qairt_version, num_check=num_check, hub_timeout_s=hub_timeout, ckpt=ckpt,
-                resolution=resolution, precision=precision, quant_backend=quant_backend,
-                calib_dir=calib, num_calib=num_calib, arch=arch,
-                skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
-                allow_code_execution=allow_code_execution, step=step,
-            )
-        q = r.quantized
-        for n in (q.notices if q else []) + r.notices:
-            run.notice(n)
-        if q is not None:
-            run.artifacts.append(dict(kind="qdq_onnx", path=str(q.qdq_onnx)))
-            run.artifacts.append(dict(kind="quality_report", path=str(q.report_json)))
-            run.measure("sqnr_vs_float", q.quality.sqnr_db, "dB", "cpu (onnxruntime, QDQ)", str(q.qdq_onnx))
-        for kind, path in r.artifacts.items():
-            run.artifacts.append(_artifact(kind, path))
-        run.artifacts.append(dict(kind="compile_record", path=str(r.record)))
-        if r.check is not None:
-            c = r.check
-            run.measure("npu_vs_cpu_sqnr", c.sqnr_db, "dB", c.runs_on, str(r.artifacts.get("context_binary", r.model)))
-            if c.top1_agreement is not None:
-                run.measure("npu_vs_cpu_top1_agreement", c.top1_agreement, "", c.runs_on, str(r.model))
-        run.measure("compile_seconds", r.seconds, "s", r.backend, str(r.model))
-        run.results.append(r.to_json())
-        if as_json:
-            return
-        t = _table("measure", "value", title=f"{r.model.name} -> {r.device} ({r.soc}, Hexagon {r.hexagon}), {r.backend}")
-        for kind, path in r.artifacts.items():
-            t.add_row(kind, str(path))
-        for job in r.jobs:
-            t.add_row(f"AI Hub {job['kind']} job", f"{job['id']} {job['status']} {job['url']}")
-        if r.check is not None:
-            c = r.check
-            t.add_row("NPU vs the same model on the CPU, SQNR", f"{c.sqnr_db:.2f} dB ({c.runs_on}; {c.inputs})")
-            if c.top1_agreement is not None:
-                t.add_row("NPU vs CPU top-1 agreement", f"{c.top1_agreement:.0%}")
-        t.add_row("versions", ", ".join(f"{k} {v}" for k, v in r.versions.items()))
-        t.add_row("time", f"{r.seconds:.1f} s")
-        Console().print(t)
+            if share_weights or len(models) > 1:
+                if not share_weights:
+                    raise UserError("several --model files are compiled together with "
+                                    "--share-weights; otherwise compile them one at a time")
+                results = api.compile_shared(models, out, device=device, num_check=num_check,
+                                             fp16=precision == "fp16", step=step)
+            else:
+                results = [api.compile(
+                    models[0] if models else None, out, device=device, backend=backend,
+                    target_runtime=target_runtime, qairt_version=qairt_version,
+                    num_check=num_check, hub_timeout_s=hub_timeout, ckpt=ckpt,
+                    resolution=resolution, precision=precision, quant_backend=quant_backend,
+                    calib_dir=calib, num_calib=num_calib, arch=arch,
+                    skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
+                    allow_code_execution=allow_code_execution, step=step,
+                )]
+        for r in results:
+            _show_compiled(run, r, as_json)
 
     guarded(run, body)
+
+
+def _show_compiled(run: Run, r, as_json: bool) -> None:
+    q = r.quantized
+    for n in (q.notices if q else []) + r.notices:
+        run.notice(n)
+    if q is not None:
+        run.artifacts.append(dict(kind="qdq_onnx", path=str(q.qdq_onnx)))
+        run.artifacts.append(dict(kind="quality_report", path=str(q.report_json)))
+        run.measure("sqnr_vs_float", q.quality.sqnr_db, "dB", "cpu (onnxruntime, QDQ)", str(q.qdq_onnx))
+    for kind, path in r.artifacts.items():
+        run.artifacts.append(_artifact(kind, path))
+    run.artifacts.append(dict(kind="compile_record", path=str(r.record)))
+    if r.check is not None:
+        c = r.check
+        run.measure("npu_vs_cpu_sqnr", c.sqnr_db, "dB", c.runs_on, str(r.artifacts.get("context_binary", r.model)))
+        if c.top1_agreement is not None:
+            run.measure("npu_vs_cpu_top1_agreement", c.top1_agreement, "", c.runs_on, str(r.model))
+    run.measure("compile_seconds", r.seconds, "s", r.backend, str(r.model))
+    run.results.append(r.to_json())
+    if as_json:
+        return
+    t = _table("measure", "value", title=f"{r.model.name} -> {r.device} ({r.soc}, Hexagon {r.hexagon}), {r.backend}")
+    for kind, path in r.artifacts.items():
+        t.add_row(kind, str(path))
+    for job in r.jobs:
+        t.add_row(f"AI Hub {job['kind']} job", f"{job['id']} {job['status']} {job['url']}")
+    if r.check is not None:
+        c = r.check
+        t.add_row("NPU vs the same model on the CPU, SQNR", f"{c.sqnr_db:.2f} dB ({c.runs_on}; {c.inputs})")
+        if c.top1_agreement is not None:
+            t.add_row("NPU vs CPU top-1 agreement", f"{c.top1_agreement:.0%}")
+    t.add_row("versions", ", ".join(f"{k} {v}" for k, v in r.versions.items()))
+    t.add_row("time", f"{r.seconds:.1f} s")
+    Console().print(t)
 
 
 def _artifact(kind: str, path: Path) -> dict:
@@ -618,10 +633,13 @@ def verify(
 
     def body():
         r = api.verify(folder)
-        run.results.append(dict(folder=str(r.folder), files_checked=r.files_checked, smoke=r.smoke))
+        run.results.append(dict(folder=str(r.folder), files_checked=r.files_checked, smoke=r.smoke,
+                                runtimes=r.runtimes))
         if not as_json:
             Console().print(f"{r.folder}: OK ({r.files_checked} files match the manifest; "
                             f"{len(r.smoke)} CPU models ran)", highlight=False)
+            for binary, needs in r.runtimes.items():
+                Console().print(f"  {binary}: needs {needs}", highlight=False)
 
     guarded(run, body)
 

@@ -48,6 +48,7 @@ def test_bundle_holds_every_artifact_and_a_valid_manifest(built):
                      "context_binary", "labels"}
     (binary,) = [f for f in m["files"] if f["role"] == "context_binary"]
     assert (binary["device"], binary["soc"], binary["hexagon"]) == ("Galaxy S22", "SM8450", "v69")
+    assert binary["qnn_sdk"] == m["tools"]["qnn_sdk"] and binary["qnn_sdk"] in binary["min_runtime"]
     (inp,) = m["inputs"]
     assert inp["shape"] == [1, 3, 224, 224] and inp["layout"] == "NCHW"
     assert inp["preprocess"]["mean"] == [0.485, 0.456, 0.406]
@@ -62,10 +63,12 @@ def test_bundle_holds_every_artifact_and_a_valid_manifest(built):
     assert built.zips[0].is_file() and built.zips[0].stat().st_size > 0
 
 
-def test_verify_accepts_the_bundle(built):
+def test_verify_accepts_the_bundle_and_says_which_runtime_it_needs(built):
     r = api.verify(built.folders[0])
     assert r.files_checked == 7 and len(r.smoke) == 2
     assert all(shape == [1, 1000] for shape in r.smoke.values())
+    (needs,) = r.runtimes.values()
+    assert needs.startswith("QNN / QAIRT 2.") and "or newer" in needs
 
 
 @pytest.mark.parametrize("suffix", [".ctx_qnn.bin", ".ctx.onnx", ".qdq.onnx", "_224.onnx",

@@ -264,3 +264,47 @@ def test_hub_takes_the_aimet_folder(tmp_path, qdq, hub):
     (model,) = [m for m in hub.models.values() if m.files]
     assert sorted(Path(f).name for f in model.files) == ["model.encodings", "model.onnx"]
     assert r.artifacts["target_model"].name == "vit_nano_patch16_224_w8a16.sm8450.hub.bin"
+
+
+# --------------------------------------------------------------------------------------------
+# Every Hexagon version, fp16, weight sharing
+
+@pytest.mark.parametrize("device,soc,hexagon", [
+    ("Galaxy S21", "SM8350", "v68"), ("X Elite", "SC8380XP", "v73"), ("Galaxy S24", "SM8650", "v75"),
+    ("Galaxy S25", "SM8750", "v79"), ("Galaxy S26", "SM8850", "v81")])
+def test_local_compile_for_every_hexagon_version(tmp_path, qdq, device, soc, hexagon):
+    r = compile_local(qdq, tmp_path, CompileConfig(device=device))
+    assert (r.soc, r.hexagon) == (soc, hexagon) and r.artifacts["context_binary"].stat().st_size > 0
+    assert soc.lower() in r.artifacts["context_binary"].name
+    assert r.check.num_samples == 2 and np.isfinite(r.check.sqnr_db)
+
+
+def test_fp16_compiles_a_float_model_where_the_htp_can(tmp_path, nano_ckpts):
+    r = api.compile(ckpt=nano_ckpts["vit_nano_patch16"], out_dir=tmp_path, device="Galaxy S24",
+                    precision="fp16", num_check=1)
+    assert ".fp16." in r.artifacts["context_binary"].name and r.check.sqnr_db > 30
+    out = tmp_path / "rb3"
+    with pytest.raises(UserError, match="QCS6490.*cannot run --precision fp16.*w8a16"):
+        api.compile(ckpt=nano_ckpts["vit_nano_patch16"], out_dir=out, device="RB3 Gen 2",
+                    precision="fp16")
+    assert not out.exists()
+
+
+def test_weight_shared_binary_for_two_resolutions(tmp_path, nano_ckpts):
+    ck = nano_ckpts["skipat_nano_patch16"]
+    q = [api.quantize(ck, tmp_path / "q", resolution=r, precision="w8a8", backend="ort", **FAST).qdq_onnx
+         for r in (224, 384)]
+    shared = api.compile_shared(q, tmp_path / "shared", device="Galaxy S24", num_check=1)
+    assert len(shared) == 2 and shared[0].artifacts["context_binary"] == shared[1].artifacts["context_binary"]
+    assert all(r.check.num_samples == 1 and "on its own" in r.check.runs_on for r in shared)
+    binary = shared[0].artifacts["context_binary"]
+    for r in shared:  # each EPContext model points at the shared binary
+        (node,) = onnx.load(str(r.artifacts["context_onnx"])).graph.node
+        attrs = {a.name: a for a in node.attribute}
+        assert attrs["ep_cache_context"].s.decode() == binary.name
+    separate = [compile_local(m, tmp_path / "sep", CompileConfig(device="Galaxy S24", num_check=1))
+                for m in q]
+    total = sum(r.artifacts["context_binary"].stat().st_size for r in separate)
+    assert binary.stat().st_size < 0.85 * total
+    with pytest.raises(UserError, match="does not support weight-shared"):
+        api.compile_shared(q, tmp_path / "s22", device="Galaxy S22")

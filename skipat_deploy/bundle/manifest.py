@@ -161,7 +161,9 @@ def write_manifest(folder: Path, q: QuantizeResult, compiled: list[CompileResult
     for c in compiled:
         where = dict(device=c.device, soc=c.soc, hexagon=c.hexagon)
         files.append(_file_entry(folder, c.artifacts["context_onnx"], "context_onnx", **where))
-        files.append(_file_entry(folder, c.artifacts["context_binary"], "context_binary", **where))
+        sdk = c.versions.get("qnn_sdk")
+        files.append(_file_entry(folder, c.artifacts["context_binary"], "context_binary", **where,
+                                 qnn_sdk=sdk, min_runtime=min_runtime(sdk)))
         measurements.append(_measure("npu_vs_cpu_sqnr", c.check.sqnr_db, "dB", c.check.runs_on,
                                      c.artifacts["context_binary"]))
     meta = read_metadata(q.float_onnx)
@@ -192,6 +194,14 @@ def write_manifest(folder: Path, q: QuantizeResult, compiled: list[CompileResult
     validate_manifest(manifest, path)
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+def min_runtime(qnn_sdk: str | None) -> str | None:
+    """A context binary loads only on a QNN / QAIRT runtime at least as new as the SDK that
+    built it; an older one fails with "could not create context from binary"."""
+    if not qnn_sdk:
+        return None
+    return f"QNN / QAIRT {qnn_sdk} or newer on the device"
 
 
 def _measure(name: str, value: float, unit: str, source: str, subject: Path) -> dict:

@@ -4,7 +4,7 @@ smoke inference of the CPU models. The first failure is one line naming the file
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ class VerifyResult:
     folder: Path
     files_checked: int
     smoke: dict[str, list[int]]  # CPU model -> output shape
+    runtimes: dict[str, str] = field(default_factory=dict)  # context binary -> runtime it needs
 
 
 def verify(folder: str | Path) -> VerifyResult:
@@ -50,7 +51,9 @@ def verify(folder: str | Path) -> VerifyResult:
     for entry in manifest["files"]:
         if entry["role"] in ("float_onnx", "qdq_onnx"):
             smoke[entry["path"]] = _smoke(folder / entry["path"], manifest)
-    return VerifyResult(folder, len(manifest["files"]), smoke)
+    runtimes = {e["path"]: e.get("min_runtime") or "unknown (bundled before skipat-deploy recorded it)"
+                for e in manifest["files"] if e["role"] == "context_binary"}
+    return VerifyResult(folder, len(manifest["files"]), smoke, runtimes)
 
 
 def _smoke(path: Path, manifest: dict) -> list[int]:

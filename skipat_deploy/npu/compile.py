@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -147,54 +147,109 @@ def npu_check(reference: list[np.ndarray], test: list[np.ndarray], inputs: str, 
     return NpuCheck(q.sqnr_db, q.cosine_min, q.top1_agreement, q.num_images, inputs, runs_on)
 
 
-def compile_local(model: str | Path, out_dir: str | Path, cfg: CompileConfig = CompileConfig(),
-                  step: Callable[[str], None] = lambda msg: None) -> CompileResult:
+def _build(models: list[Path], contexts: list[Path], device: DeviceProfile, cfg: CompileConfig,
+           share: bool) -> None:
+    """QNN compiles each model into its EPContext model (``contexts``); with ``share``, into one
+    context binary holding every graph, weights shared where identical."""
     from . import qnn
 
-    t0 = time.perf_counter()
-    device = cfg.check()
-    model = check_model(model, "local", cfg.fp16)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = compiled_stem(model, device.soc) + (".fp16" if cfg.fp16 else "")
-    final = {"context_onnx": out_dir / f"{stem}.ctx.onnx",
-             "context_binary": out_dir / f"{stem}.ctx_qnn.bin"}
-    record = out_dir / f"{stem}.compile.json"
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".compile-") as tmp_s:
-        tmp = Path(tmp_s)
-        ctx = tmp / final["context_onnx"].name
-        step(f"compiling for {device.soc} (Hexagon {device.hexagon}) with the QNN HTP backend")
+    for i, (model, ctx) in enumerate(zip(models, contexts)):
         try:
-            qnn.htp_session(model, device, context_file=ctx, fp16=cfg.fp16)
+            qnn.htp_session(model, device, context_file=ctx, fp16=cfg.fp16,
+                            share=("last" if i == len(models) - 1 else "more") if share else None)
         except Exception as e:
             rejected = qnn.rejected_nodes(model, device, cfg.fp16)
             if rejected or "fallback to CPU EP has been explicitly disabled" in str(e):
                 raise qnn.NpuPlacementError(model, device, rejected) from None
             raise CompileError(f"QNN could not compile {model.name} for {device.soc}: "
                                + str(e).splitlines()[0]) from None
-        binary = tmp / final["context_binary"].name
-        if not ctx.exists() or not binary.exists():
-            raise CompileError(f"QNN wrote no context binary for {model.name}")
 
-        step("running the context binary on the HTP backend (x86-64 simulator)")
-        sess = qnn.htp_session(ctx, device, fp16=cfg.fp16)
-        inp = sess.get_inputs()[0]
-        x, described, classifier = sample_inputs(model, cfg.num_check, tuple(inp.shape))
-        npu = [sess.run(None, {inp.name: xi})[0] for xi in x]
-        cpu = list(run_qdq_cpu(model, np.concatenate(x)))  # one CPU session for all samples
-        check = npu_check(cpu, npu, described, "QNN HTP simulator (onnxruntime-qnn, x86-64)",
-                        classifier)
 
-        result = CompileResult(
-            model=model, model_sha256=sha256_path(model), backend="local", device=device.name, soc=device.soc,
-            hexagon=device.hexagon, artifacts=final, record=record, check=check,
-            versions=qnn.sdk_versions(), seconds=0.0,
-        )
-        for path in final.values():
-            shutil.move(str(tmp / path.name), path)
-        result.seconds = time.perf_counter() - t0
-        write_record(result, tmp)
-    return result
+def _check(model: Path, ctx: Path, device: DeviceProfile, cfg: CompileConfig) -> NpuCheck:
+    """The context model on the HTP backend (the simulator here) against ``model`` on the CPU."""
+    from . import qnn
+
+    sess = qnn.htp_session(ctx, device, fp16=cfg.fp16)
+    inp = sess.get_inputs()[0]
+    x, described, classifier = sample_inputs(model, cfg.num_check, tuple(inp.shape))
+    npu = [sess.run(None, {inp.name: xi})[0] for xi in x]
+    cpu = list(run_qdq_cpu(model, np.concatenate(x)))  # one CPU session for all samples
+    return npu_check(cpu, npu, described, "QNN HTP simulator (onnxruntime-qnn, x86-64)", classifier)
+
+
+def compile_local(model: str | Path, out_dir: str | Path, cfg: CompileConfig = CompileConfig(),
+                  step: Callable[[str], None] = lambda msg: None) -> CompileResult:
+    return compile_local_many([Path(model)], out_dir, cfg, step, share_weights=False)[0]
+
+
+def compile_local_many(models: list[Path], out_dir: str | Path, cfg: CompileConfig = CompileConfig(),
+                       step: Callable[[str], None] = lambda msg: None,
+                       share_weights: bool = True) -> list[CompileResult]:
+    """Compile each model for ``cfg.device`` and check it on the HTP simulator. With
+    ``share_weights`` (targets that support it), every graph goes into ONE context binary
+    (``<first>.shared_qnn.bin``), weights stored once where the graphs have identical ones: the
+    224 and 384 px models of one checkpoint, for an app that switches resolution."""
+    from . import qnn
+
+    t0 = time.perf_counter()
+    device = cfg.check()
+    models = [check_model(m, "local", cfg.fp16) for m in models]
+    if share_weights:
+        if len(models) < 2 or len({m.resolve() for m in models}) < len(models):
+            raise UserError("weight sharing puts several different models in one binary: give at "
+                            "least two --model files")
+        if not device.weight_sharing:
+            raise UserError(f"{device.name} ({device.soc}, Hexagon {device.hexagon}) does not "
+                            "support weight-shared context binaries (AI Hub's device table); "
+                            "compile without --share-weights for one binary per model")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = [compiled_stem(m, device.soc) + (".fp16" if cfg.fp16 else "") for m in models]
+    if len(set(stems)) < len(stems):
+        raise UserError("two models would compile to the same file name: " + ", ".join(stems))
+    shared = out_dir / f"{stems[0]}.shared_qnn.bin"
+    finals = [{"context_onnx": out_dir / f"{st}.ctx.onnx",
+               "context_binary": shared if share_weights else out_dir / f"{st}.ctx_qnn.bin"}
+              for st in stems]
+    results = []
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".compile-") as tmp_s:
+        tmp = Path(tmp_s)
+        contexts = [tmp / f["context_onnx"].name for f in finals]
+        what = f"{len(models)} models into one weight-shared binary" if share_weights else models[0].name
+        step(f"compiling {what} for {device.soc} (Hexagon {device.hexagon}) with the QNN HTP backend")
+        _build(models, contexts, device, cfg, share_weights)
+        checked = contexts
+        if share_weights:  # ORT names the binary after the first context model; ours says shared
+            qnn.rename_context_binary(contexts, tmp / f"{stems[0]}.ctx_qnn.bin", tmp / shared.name)
+            # The x86-64 HTP simulator cannot load a weight-shared binary (contextCreateFromBinary:
+            # QNN_COMMON_ERROR_NOT_SUPPORTED, QNN SDK 2.51): each graph is checked from a binary
+            # of its own compiled from the same model, then that binary is dropped.
+            (tmp / "each").mkdir()
+            checked = [tmp / "each" / c.name for c in contexts]
+            for model, ctx in zip(models, checked):
+                _build([model], [ctx], device, cfg, share=False)
+        for model, ctx, final, check_ctx in zip(models, contexts, finals, checked):
+            binary = tmp / final["context_binary"].name
+            if not ctx.exists() or not binary.exists():
+                raise CompileError(f"QNN wrote no context binary for {model.name}")
+            step(f"running {ctx.name} on the HTP backend (x86-64 simulator)")
+            check = _check(model, check_ctx, device, cfg)
+            if share_weights:
+                check = replace(check, runs_on=check.runs_on + "; the same graph compiled on its "
+                                "own (the simulator cannot load weight-shared binaries)")
+            results.append(CompileResult(
+                model=model, model_sha256=sha256_path(model), backend="local", device=device.name,
+                soc=device.soc, hexagon=device.hexagon, artifacts=final,
+                record=out_dir / f"{ctx.name.removesuffix('.ctx.onnx')}.compile.json",
+                check=check, versions=qnn.sdk_versions(), seconds=0.0))
+        for f in finals:
+            for path in f.values():
+                if (tmp / path.name).exists():
+                    shutil.move(str(tmp / path.name), path)
+        for r in results:
+            r.seconds = time.perf_counter() - t0
+            write_record(r, tmp)
+    return results
 
 
 def write_record(result: CompileResult, tmp: Path) -> None:

@@ -93,13 +93,32 @@ def _options(device: DeviceProfile, cpu_fallback: bool, context_file, severity: 
 
 
 def htp_session(model: str | Path, device: DeviceProfile, cpu_fallback: bool = False,
-                context_file: str | Path | None = None, fp16: bool = False) -> ort.InferenceSession:
+                context_file: str | Path | None = None, fp16: bool = False,
+                share: str | None = None) -> ort.InferenceSession:
     """A session on the HTP backend for ``device``'s SoC. Without ``cpu_fallback`` creating it
     fails unless every node runs on the NPU. With ``context_file`` it also writes the EPContext
     model there and the QNN context binary beside it (``<stem>_qnn.bin``)."""
     so = _options(device, cpu_fallback, context_file, severity=3, fp16=fp16)
+    if share is not None:  # EPContext weight sharing: "more" graphs to come, or the "last"
+        so.add_session_config_entry("ep.share_ep_contexts", "1")
+        if share == "last":
+            so.add_session_config_entry("ep.stop_share_ep_contexts", "1")
     with native_output():
         return ort.InferenceSession(str(model), so)
+
+
+def rename_context_binary(contexts: list[Path], old: Path, new: Path) -> None:
+    """Move a context binary and point every EPContext model that names it at the new name."""
+    import onnx
+
+    old.rename(new)
+    for ctx in contexts:
+        model = onnx.load(str(ctx))
+        for node in model.graph.node:
+            for attr in node.attribute:
+                if node.op_type == "EPContext" and attr.name == "ep_cache_context" and attr.s == old.name.encode():
+                    attr.s = new.name.encode()
+        onnx.save(model, str(ctx))
 
 
 # --------------------------------------------------------------------------------------------
