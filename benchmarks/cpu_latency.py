@@ -10,6 +10,12 @@ their values.
 Each resolution times the four models interleaved (A B C D A B C D ...) and reports the median
 latency and the median of per-pair SkipAt/ViT ratios.
 
+A second table puts the CPU INT8 model (skipat_deploy.quant.cpu) beside its peers, each as a
+paired ratio to the project's FP32 export with its 95 % interval: the NPU's QDQ model (what the
+CPU column used to time), ONNX Runtime's transformer optimizer on our FP32, ONNX Runtime dynamic
+INT8, and eager PyTorch. Latency does not depend on weight values; the CPU INT8 model calibrates
+on the bundled photos.
+
     pip install -e ".[bench]" && python benchmarks/cpu_latency.py [--runs 60] [--threads 1]
 """
 
@@ -24,7 +30,7 @@ import torch
 from torch import nn
 
 from skipat_deploy import api
-from skipat_deploy.measure.latency import interleaved, pair_ratio
+from skipat_deploy.measure.latency import feed, interleaved, pair_ratio, ratio_interval, session
 
 
 
@@ -111,6 +117,48 @@ def naive_export(model: nn.Module, resolution: int, path: Path) -> Path:
     return path
 
 
+def peers(arch: str, res: int, tmp: Path, runs: int, threads: int) -> list[tuple[str, object]]:
+    """(name, paired ratio to our FP32) for each CPU peer of one model at one resolution."""
+    import time
+
+    import numpy as np
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from skipat_deploy.checkpoint import load_weights
+    from skipat_deploy.models.registry import build_model
+
+    ck = api.load(None, arch)
+    (fp32,) = api.export(None, tmp / arch, resolutions=(res,), arch=arch)
+    cpu = api.cpu_int8(None, tmp / arch, resolution=res, arch=arch, num_calib=16, num_eval=4)
+    npu = api.quantize(None, tmp / arch, resolution=res, precision="w8a8", backend="ort",
+                       arch=arch, num_calib=8, num_eval=4).qdq_onnx
+    dyn = tmp / arch / f"dynamic_{res}.onnx"
+    quantize_dynamic(str(fp32.path), str(dyn), weight_type=QuantType.QInt8)
+    opt = tmp / arch / f"ortopt_{res}.onnx"
+    optimize_model(str(fp32.path), model_type="vit", num_heads=3, hidden_size=192).save_model_to_file(str(opt))
+    models = {"ours FP32": fp32.path, "CPU INT8 (ours)": cpu.path, "NPU QDQ w8a8 on the CPU": npu,
+              "ORT transformer optimizer": opt, "ORT dynamic INT8": dyn}
+    sessions = {k: session(v, threads) for k, v in models.items()}
+    feeds = {k: feed(s) for k, s in sessions.items()}
+    torch.set_num_threads(threads)
+    eager = load_weights(build_model(ck.arch, res // 16), ck.state_dict, ck.spec.name).eval()
+    x = torch.from_numpy(next(iter(feeds["ours FP32"].values())))
+    names = list(models) + ["eager PyTorch"]
+    times = np.zeros((runs, len(names)))
+    with torch.inference_mode():
+        for i in range(runs + 3):
+            for j, name in enumerate(names):
+                t = time.perf_counter()
+                if name == "eager PyTorch":
+                    eager(x)
+                else:
+                    sessions[name].run(None, feeds[name])
+                if i >= 3:
+                    times[i - 3, j] = time.perf_counter() - t
+    return [(name, ratio_interval(times, j, 0)) for j, name in enumerate(names) if j]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=60)
@@ -135,6 +183,17 @@ def main() -> None:
             ms = [s.median_ms for s in stats]
             print(f"| {res} | {ms[0]:.2f} | {ms[1]:.2f} | {pair_ratio(times, 1, 0):.3f} | {ms[2]:.2f} "
                   f"| {ms[3]:.2f} | {pair_ratio(times, 3, 2):.3f} | {mac_ratio(res):.3f} |", flush=True)
+        print("\nLatency relative to the project's FP32 export (median of paired ratios, 95 % interval)")
+        rows = {}
+        for arch in ("vit_tiny_patch16", "skipat_tiny_patch16"):
+            for res in a.resolution or [224, 384]:
+                rows[(arch, res)] = peers(arch, res, tmp / "peers", a.runs, threads)
+        names = [n for n, _ in next(iter(rows.values()))]
+        print("| model | resolution | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for (arch, res), found in rows.items():
+            cells = [f"{r.value:.2f} ({r.low:.2f}-{r.high:.2f})" for _, r in found]
+            print(f"| {arch} | {res} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

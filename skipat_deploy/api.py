@@ -19,7 +19,7 @@ from .measure.predict import Prediction, predict
 
 DEFAULT_ARCH = "skipat_tiny_patch16"
 
-__all__ = ["bundle", "compare", "compile", "compile_shared", "evaluate", "export", "load", "predict", "profile", "quantize", "verify", "ExportResult", "Prediction", "DEFAULT_ARCH"]
+__all__ = ["bundle", "compare", "compile", "compile_shared", "cpu_int8", "evaluate", "export", "load", "predict", "profile", "quantize", "verify", "ExportResult", "Prediction", "DEFAULT_ARCH"]
 
 
 def load(
@@ -90,6 +90,34 @@ def quantize(
     cfg.check()
     loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
     return run_quantize(loaded, out_dir, cfg, step)
+
+
+def cpu_int8(
+    ckpt: str | Path | None,
+    out_dir: str | Path = "export",
+    resolution: int = 224,
+    calib_dir: str | Path | None = None,
+    eval_dir: str | Path | None = None,
+    num_calib: int = 32,
+    num_eval: int = 16,
+    rotate: bool = False,
+    arch: str | None = None,
+    skip_indices: tuple[int, ...] | None = None,
+    head_dim: int = 64,
+    allow_code_execution: bool = False,
+    step: Callable[[str], None] = lambda msg: None,
+):
+    """The CPU fallback: an INT8 ONNX for ONNX Runtime's integer kernels
+    (:mod:`skipat_deploy.quant.cpu`); returns a CpuInt8Result."""
+    from .quant.cpu import CpuInt8Config, quantize_cpu
+
+    cfg = CpuInt8Config(resolution=resolution, rotate=rotate,
+                        calib_dir=Path(calib_dir) if calib_dir else None,
+                        eval_dir=Path(eval_dir) if eval_dir else None,
+                        num_calib=num_calib, num_eval=num_eval)
+    cfg.check()
+    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
+    return quantize_cpu(loaded, out_dir, cfg, step)
 
 
 def compile(
@@ -207,7 +235,7 @@ def profile(
     out = ProfileOutcome(backend, dev.name, notices=notices)
     if backend == "cpu":
         step(f"timing on the CPU ({runs} runs)")
-        out.cpu = profile_cpu_models([Path(model)], runs, warmup, threads)
+        out.cpu, out.cpu_ratio = profile_cpu_models([Path(model)], runs, warmup, threads)
         return out
     check_model(model, "hub")
     out.compiled, out.hub = profile_hub(model, out_dir, ccfg, step)

@@ -37,7 +37,7 @@ UnsafeOpt = Annotated[bool, typer.Option("--allow-code-execution", help="Unpickl
 BackendAutoOpt = Annotated[str, typer.Option("--backend", help="hub (the phone's NPU via AI Hub), cpu (ONNX Runtime here) or auto (hub when AI Hub is configured).")]
 RunsOpt = Annotated[int, typer.Option("--runs", help="Timed CPU runs per model (after warm-up).")]
 HubTimeoutOpt = Annotated[float, typer.Option("--hub-timeout", help="Seconds to wait for an AI Hub job before giving up (a re-run resumes it).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime CPU threads (default 1: stable figures on shared machines).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime CPU threads (default: all this machine's cores; 1 pins them for steadier figures on a shared machine).")]
 
 
 class Run:
@@ -201,6 +201,7 @@ def quantize(
     num_calib: Annotated[int, typer.Option(help="Calibration samples (photos, then further crops of them).")] = 64,
     eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="Folder of held-out images for the quality report; default: a disjoint split of --calib.")] = None,
     num_eval: Annotated[int, typer.Option(help="Evaluation samples.")] = 16,
+    target: Annotated[str, typer.Option(help="npu (default: the QDQ model the Hexagon NPU runs) or cpu (an INT8 model for ONNX Runtime's integer kernels: the CPU fallback, <stem>.cpu_int8.onnx).")] = "npu",
     precision: Annotated[str, typer.Option(help="w8a8, w8a16 or mixed (8-bit activations, the most sensitive layers 16-bit).")] = "w8a16",
     backend: Annotated[str, typer.Option(help="aimet (default) or ort (onnxruntime.quantization, QNN config).")] = "aimet",
     device: DeviceOpt = "Galaxy S22",
@@ -222,6 +223,36 @@ def quantize(
 
     def body():
         _notice_fresh(run, ckpt, arch, "quantizing")
+        if target not in ("npu", "cpu"):
+            raise UserError(f"--target {target!r}: use npu or cpu")
+        if target == "cpu":
+            with run.progress(total=12) as step:
+                c = api.cpu_int8(ckpt, out, resolution=resolution, calib_dir=calib,
+                                 eval_dir=eval_dir, num_calib=num_calib, num_eval=num_eval,
+                                 rotate=bool(rotate), arch=arch,
+                                 skip_indices=_ints(skip_indices, "--skip-indices"),
+                                 head_dim=head_dim, allow_code_execution=allow_code_execution,
+                                 step=step)
+            for n in c.notices:
+                run.notice(n)
+            run.artifacts += [dict(kind="cpu_int8_onnx", path=str(c.path)),
+                              dict(kind="quality_report", path=str(c.report))]
+            where = "cpu (onnxruntime integer kernels)"
+            run.measure("sqnr_vs_float", c.quality.sqnr_db, "dB", where, str(c.path))
+            if c.quality.top1_agreement is not None:
+                run.measure("top1_agreement", c.quality.top1_agreement, "", where, str(c.path))
+            run.results.append(c.to_json())
+            if not as_json:
+                t = _table("measure", "value", title=f"{c.path.name}: INT8 for the CPU (ONNX Runtime)")
+                t.add_row("output SQNR vs float", f"{c.quality.sqnr_db:.2f} dB")
+                if c.quality.top1_agreement is not None:
+                    t.add_row("top-1 agreement", f"{c.quality.top1_agreement:.1%}")
+                t.add_row("8-bit ops", ", ".join(f"{k} {v}" for k, v in c.quantized_ops.items()))
+                t.add_row("float on purpose", ", ".join(f"{k} {v}" for k, v in c.float_ops.items()) or "-")
+                t.add_row("evaluated on", f"{c.quality.num_images} samples from {c.eval_source}")
+                t.add_row("time", f"{c.seconds:.0f} s")
+                Console().print(t)
+            return
         with run.progress(total=40) as step:
             r = api.quantize(
                 ckpt, out, resolution=resolution, precision=precision, backend=backend,
@@ -419,6 +450,12 @@ def profile(
             run.measure("cpu_latency_median", c.median_ms, "ms", where, c.model)
             run.measure("cpu_latency_p90", c.p90_ms, "ms", where, c.model)
             t.add_row(Path(c.model).name, where, f"{c.median_ms:.2f}", f"{c.p90_ms:.2f}", f"{c.runs} runs")
+        if r.cpu_ratio is not None:
+            q = r.cpu_ratio
+            names = " / ".join(Path(c.model).name for c in reversed(r.cpu))
+            run.measure("cpu_latency_ratio", q.value, "", f"CPU, {q.pairs} paired runs", names)
+            t.add_row(names, "paired runs, median ratio", f"{q.value:.3f}", "-",
+                      f"95 % interval {q.low:.3f}-{q.high:.3f} ({q.pairs} pairs)")
         if r.hub is not None:
             h = r.hub
             where = f"{h.hub_device} NPU (AI Hub profile)"

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import calibration
 from .bundle import write_manifest
 from .checkpoint import LoadedCheckpoint, load_weights
 from .devices import resolve_device
 from .errors import UserError
 from .export import ExportConfig, artifact_name, check_resolution, export_onnx, read_metadata
-from .files import atomic_path
 from .measure import compare as cmp
 from .measure import evaluate as ev
 from .measure.dataset import LabelledImages, stratified_subset
@@ -34,7 +32,7 @@ from .npu.compile import CompileConfig, CompileResult, compile_local
 from .quant import QuantizeConfig, QuantizeResult, quantize
 from .models.registry import build_model
 from .preprocess import Preprocess
-from .quant.ort import quantize_ort
+from .quant.cpu import CpuInt8Config, quantize_cpu
 
 Step = Callable[[str], None]
 
@@ -72,20 +70,13 @@ def compile_model(model: Path, out_dir: str | Path, ccfg: CompileConfig,
 
 def fp32_and_int8(ckpt: LoadedCheckpoint, resolution: int, precision: str, out_dir: Path,
                   step: Step = _quiet) -> list[Path]:
-    """The float export and an INT8 QDQ model of it, for CPU timing (ONNX Runtime quantization
-    on four real photos: CPU latency does not depend on the calibration)."""
-    if precision not in ("w8a8", "w8a16"):
-        raise UserError(f"--precision {precision!r}: CPU timing quantizes with ONNX Runtime, "
-                        "use w8a8 or w8a16")
+    """The float export and the CPU INT8 model of it (:mod:`skipat_deploy.quant.cpu`), for CPU
+    timing. ``precision`` is the NPU's and does not apply here."""
     step(f"exporting at {resolution}px")
     (r,) = export_onnx(ckpt, out_dir, ExportConfig(resolutions=(resolution,)))
-    calib, _ = calibration.bundled_photos()
-    step(f"quantizing ({precision}, onnxruntime) for the INT8 timing")
-    x = calibration.image_batch(calib, resolution, ckpt.spec.preprocess, 4)
-    int8 = r.path.with_name(r.path.name.replace(".onnx", f"_{precision}_ort.qdq.onnx"))
-    with atomic_path(int8) as tmp:
-        quantize_ort(str(r.path), str(tmp), x, r.input_name, 16 if precision == "w8a16" else 8, 1)
-    return [r.path, int8]
+    step(f"CPU INT8 at {resolution}px (integer kernels of ONNX Runtime)")
+    q = quantize_cpu(ckpt, out_dir, CpuInt8Config(resolution=resolution, num_calib=16, num_eval=4), step)
+    return [r.path, q.path]
 
 
 def profile_checkpoint(ckpt: LoadedCheckpoint, out_dir: Path, backend: str, resolution: int,
@@ -99,7 +90,7 @@ def profile_checkpoint(ckpt: LoadedCheckpoint, out_dir: Path, backend: str, reso
     if backend == "cpu":
         models = fp32_and_int8(ckpt, resolution, precision, Path(out_dir), step)
         step(f"timing on the CPU ({runs} runs)")
-        out.cpu = profile_cpu_models(models, runs, warmup, threads)
+        out.cpu, out.cpu_ratio = profile_cpu_models(models, runs, warmup, threads)
         return out
     q = quantize(ckpt, out_dir, QuantizeConfig(resolution=resolution, precision=precision,
                                                device=ccfg.device), step)
@@ -205,7 +196,8 @@ class BundleResult:
 def bundle(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: BundleConfig = BundleConfig(),
            step: Step = _quiet) -> BundleResult:
     """One app bundle folder per resolution in ``out_dir``: quantize, compile for every device,
-    describe it all in the manifest. Each folder is built in a temporary place and moved in only
+    add the CPU INT8 model as the fallback where there is no NPU, describe it all in the
+    manifest. Each folder is built in a temporary place and moved in only
     when complete."""
     t0 = time.perf_counter()
     devices = [resolve_device(d) for d in cfg.devices]
@@ -229,10 +221,12 @@ def bundle(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: BundleConfig = Bund
                 c = compile_local(q.qdq_onnx, folder, CompileConfig(device=dev.name), step)
                 c.record.unlink()  # the manifest carries what the record says
                 compiled.append(c)
-            for extra in (q.report_json, q.layers_csv, q.noise_png):
+            cpu = quantize_cpu(ckpt, folder, CpuInt8Config(resolution=res, calib_dir=cfg.calib_dir,
+                                                           num_calib=min(cfg.num_calib, 32)), step)
+            for extra in (q.report_json, q.layers_csv, q.noise_png, cpu.report):
                 if extra is not None:
                     extra.unlink()
-            write_manifest(folder, q, compiled)
+            write_manifest(folder, q, compiled, cpu)
             if final.exists():
                 shutil.rmtree(final)
             shutil.move(str(folder), final)

@@ -38,14 +38,17 @@ def test_bundle_holds_every_artifact_and_a_valid_manifest(built):
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     stem = "skipat_nano_patch16_224"
     assert names == sorted([
-        f"{stem}.onnx", f"{stem}_w8a16.qdq.onnx", f"{stem}_w8a16.aimet/model.onnx",
+        f"{stem}.onnx", f"{stem}.cpu_int8.onnx", f"{stem}_w8a16.qdq.onnx",
+            f"{stem}_w8a16.aimet/model.onnx",
         f"{stem}_w8a16.aimet/model.encodings", f"{stem}_w8a16.sm8450.ctx.onnx",
         f"{stem}_w8a16.sm8450.ctx_qnn.bin", "labels.txt", "manifest.json"])
     m = _manifest(folder)
     jsonschema.validate(m, manifest_schema())
     roles = {f["role"] for f in m["files"]}
-    assert roles == {"float_onnx", "qdq_onnx", "aimet_onnx", "aimet_encodings", "context_onnx",
-                     "context_binary", "labels"}
+    assert roles == {"float_onnx", "qdq_onnx", "cpu_int8_onnx", "aimet_onnx", "aimet_encodings",
+                     "context_onnx", "context_binary", "labels"}
+    (cpu,) = [f for f in m["files"] if f["role"] == "cpu_int8_onnx"]
+    assert "cpu_int8" in cpu["path"] and cpu["precision"] == "int8"
     (binary,) = [f for f in m["files"] if f["role"] == "context_binary"]
     assert (binary["device"], binary["soc"], binary["hexagon"]) == ("Galaxy S22", "SM8450", "v69")
     assert binary["qnn_sdk"] == m["tools"]["qnn_sdk"] and binary["qnn_sdk"] in binary["min_runtime"]
@@ -65,7 +68,7 @@ def test_bundle_holds_every_artifact_and_a_valid_manifest(built):
 
 def test_verify_accepts_the_bundle_and_says_which_runtime_it_needs(built):
     r = api.verify(built.folders[0])
-    assert r.files_checked == 7 and len(r.smoke) == 2
+    assert r.files_checked == 8 and len(r.smoke) == 3
     assert all(shape == [1, 1000] for shape in r.smoke.values())
     (needs,) = r.runtimes.values()
     assert needs.startswith("QNN / QAIRT 2.") and "or newer" in needs

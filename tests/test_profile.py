@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -28,9 +27,11 @@ def test_cpu_profile_of_a_checkpoint_times_fp32_and_int8(tmp_path, nano_ckpts, n
                     threads=1)
     assert r.backend == "cpu" and any("not configured" in n for n in r.notices)
     fp32, int8 = r.cpu
-    assert fp32.model.endswith("skipat_nano_patch16_224.onnx") and int8.model.endswith(".qdq.onnx")
+    assert fp32.model.endswith("skipat_nano_patch16_224.onnx") and int8.model.endswith(".cpu_int8.onnx")
     for c in r.cpu:
-        assert 0 < c.median_ms <= c.p90_ms and c.runs == 5 and c.threads == 1
+        assert 0 < c.median_ms <= c.p90_ms and c.runs >= 5 and c.runs % 5 == 0 and c.threads == 1
+    q = r.cpu_ratio
+    assert q.low <= q.value <= q.high and q.pairs == fp32.runs
 
 
 def test_cpu_profile_errors(tmp_path, nano_ckpts, no_hub):
@@ -65,6 +66,11 @@ def test_compare_cpu_writes_the_table_files(tmp_path, nano_ckpts, no_hub):
     assert (tmp_path / "compare.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "compare.md").read_text()
     assert "| vit_nano_patch16 | 224 |" in md and "paper, S22 NPU INT8 ms" in md
+    assert "CPU INT8 ms" in md and "SkipAt/ViT (95 % CI)" in md
+    for row in doc["results"][0]["rows"]:
+        lo, hi = row["ratio_ci"]
+        assert lo <= row["ratio_vs_vit"] <= hi and row["ratio_pairs"] >= 3
+        assert row["int8_ratio_ci"][0] <= row["int8_ratio_vs_vit"] <= row["int8_ratio_ci"][1]
     ratios = [m for m in doc["measurements"] if m["name"] == "skipat_vit_ratio"]
     assert len(ratios) == 2 and "CPU" in ratios[0]["source"]
 

@@ -26,6 +26,7 @@ from ..npu import qnn
 if TYPE_CHECKING:  # types only: `verify` should not import torch
     from ..npu.compile import CompileResult
     from ..quant import QuantizeResult
+    from ..quant.cpu import CpuInt8Result
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -142,7 +143,8 @@ def _file_entry(folder: Path, path: Path, role: str, **extra) -> dict:
             **{k: v for k, v in extra.items() if v is not None}}
 
 
-def write_manifest(folder: Path, q: QuantizeResult, compiled: list[CompileResult]) -> Path:
+def write_manifest(folder: Path, q: QuantizeResult, compiled: list[CompileResult],
+                   cpu: CpuInt8Result | None = None) -> Path:
     """Describe ``folder`` (which holds ``q``'s models and the ``compiled`` context binaries) in
     ``manifest.json``; adds ``labels.txt`` for ImageNet heads. The manifest is validated against
     its schema before it is written."""
@@ -166,6 +168,13 @@ def write_manifest(folder: Path, q: QuantizeResult, compiled: list[CompileResult
                                  qnn_sdk=sdk, min_runtime=min_runtime(sdk)))
         measurements.append(_measure("npu_vs_cpu_sqnr", c.check.sqnr_db, "dB", c.check.runs_on,
                                      c.artifacts["context_binary"]))
+    if cpu is not None:  # the fallback where there is no NPU: ONNX Runtime's integer kernels
+        files.append(_file_entry(folder, cpu.path, "cpu_int8_onnx", precision="int8"))
+        cpu_source = "cpu (onnxruntime, CPU INT8 vs float PyTorch)"
+        measurements.append(_measure("sqnr_vs_float", cpu.quality.sqnr_db, "dB", cpu_source, cpu.path))
+        if cpu.quality.top1_agreement is not None:
+            measurements.append(_measure("top1_agreement_vs_float", cpu.quality.top1_agreement, "",
+                                         cpu_source, cpu.path))
     meta = read_metadata(q.float_onnx)
     if meta["num_classes"] == 1000:
         labels = folder / "labels.txt"

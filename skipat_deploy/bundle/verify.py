@@ -49,7 +49,7 @@ def verify(folder: str | Path) -> VerifyResult:
                               f"{entry['sha256'][:16]}…; the file changed after bundling")
     smoke = {}
     for entry in manifest["files"]:
-        if entry["role"] in ("float_onnx", "qdq_onnx"):
+        if entry["role"] in ("float_onnx", "qdq_onnx", "cpu_int8_onnx"):
             smoke[entry["path"]] = _smoke(folder / entry["path"], manifest)
     runtimes = {e["path"]: e.get("min_runtime") or "unknown (bundled before skipat-deploy recorded it)"
                 for e in manifest["files"] if e["role"] == "context_binary"}

@@ -23,7 +23,7 @@ from ..devices import DEFAULT_DEVICE, DeviceProfile
 from ..errors import UserError
 from ..npu import hub as hub_mod
 from ..npu.compile import CompileConfig
-from .latency import interleaved, pair_ratio
+from .latency import Ratio, interleaved, ratio_interval
 from .profile import submit_device_profile
 
 FAMILIES = ("vit", "skipat")
@@ -41,10 +41,12 @@ class CompareConfig:
     backend: str = "auto"  # auto | hub | cpu
     precision: str = "w8a8"
     quant_backend: str = "aimet"  # hub: how the models sent to the phone are quantized
-    runs: int = 30
+    runs: int = 30  # cpu: timed runs per round; rounds continue until the ratio is settled
     warmup: int = 5
-    threads: int | None = None
+    threads: int | None = None  # cpu: None = 1, pinned for steady paired figures (said so)
     hub_timeout_s: float = 3600.0
+    ratio_target: float = 0.02  # cpu: stop once the SkipAt/ViT interval is within +-2 %
+    budget_s: float = 40.0  # cpu: ... or after this long per resolution and model kind
     eval_samples: int | None = None  # --eval: a stratified subset of this many images
 
 
@@ -61,6 +63,12 @@ class CompareRow:
     paper_ms: float | None
     measured_on: str
     device_vs_cpu_sqnr_db: float | None = None  # hub: the phone's output vs the local QDQ model
+    # cpu: 95 % interval of ratio_vs_vit from the paired runs, and how many pairs
+    ratio_ci: tuple[float, float] | None = None
+    ratio_pairs: int | None = None
+    int8_ratio_vs_vit: float | None = None  # cpu: the same for the CPU INT8 models
+    int8_ratio_ci: tuple[float, float] | None = None
+    int8_vs_fp32: float | None = None  # cpu: INT8 median / FP32 median of this model
     # --eval: top-1 (fractions) of the float model and of the INT8 QDQ model on the CPU
     top1_float: float | None = None
     top1_int8: float | None = None
@@ -101,33 +109,51 @@ def resolve_backend(backend: str, notices: list[str]) -> str:
 def cpu_rows(models: dict[tuple[str, int], tuple[Path, Path]], archs: dict[str, str],
              cfg: CompareConfig, device: DeviceProfile, step: Callable[[str], None],
              notices: list[str]) -> list[CompareRow]:
-    """``models``: (family, resolution) -> (FP32 ONNX, INT8 QDQ ONNX); ``archs``: family ->
-    architecture name."""
+    """``models``: (family, resolution) -> (FP32 ONNX, CPU INT8 ONNX); ``archs``: family ->
+    architecture name. Each pair is timed until its SkipAt/ViT interval is within
+    ``cfg.ratio_target`` or ``cfg.budget_s`` runs out."""
     rows = []
+    threads = cfg.threads
+    if threads is None:
+        threads = 1
+        notices.append("compare pins ONNX Runtime to 1 thread: paired figures on a shared machine "
+                       "are steadier that way (`profile` uses all cores; --threads N here to change)")
     for res in cfg.resolutions:
         fp32 = {fam: models[(fam, res)][0] for fam in FAMILIES}
         int8 = {fam: models[(fam, res)][1] for fam in FAMILIES}
-        step(f"timing ViT and SkipAt at {res}px side by side ({cfg.runs} runs each)")
+        step(f"timing ViT and SkipAt at {res}px side by side (FP32, then CPU INT8)")
         # FP32 and INT8 pairs are timed in passes of their own: a model that runs right after
         # a different kind of model (cold caches) reads slower, which would bias the ratio.
-        stats, times = interleaved([fp32["vit"], fp32["skipat"]], runs=cfg.runs,
-                                   warmup=cfg.warmup, threads=cfg.threads)
-        int8_stats, _ = interleaved([int8["vit"], int8["skipat"]], runs=cfg.runs,
-                                    warmup=cfg.warmup, threads=cfg.threads)
+        timing = dict(runs=cfg.runs, warmup=cfg.warmup, threads=threads, until=[(1, 0)],
+                      target=cfg.ratio_target, budget_s=cfg.budget_s)
+        stats, times = interleaved([fp32["vit"], fp32["skipat"]], **timing)
+        int8_stats, int8_times = interleaved([int8["vit"], int8["skipat"]], **timing)
         n = stats[0].threads
         where = (f"this machine's CPU: ONNX Runtime {stats[0].onnxruntime}, {n} thread"
                  + ("s" if n != 1 else ""))
+        ratio, int8_ratio = ratio_interval(times, 1, 0), ratio_interval(int8_times, 1, 0)
+        for r, kind in ((ratio, "FP32"), (int8_ratio, "CPU INT8")):
+            if r.relative_half_width > cfg.ratio_target:
+                notices.append(
+                    f"{kind} SkipAt/ViT at {res}px: {r.value:.3f} (95 % interval {r.low:.3f} to "
+                    f"{r.high:.3f} after {r.pairs} pairs): this machine was too noisy to pin it "
+                    f"to +-{cfg.ratio_target:.0%} within {cfg.budget_s:.0f} s"
+                    + ("; it cannot tell SkipAt from ViT here" if r.low <= 1 <= r.high else ""))
         for j, fam in enumerate(FAMILIES):
-            ratio = pair_ratio(times, j, 0)
+            own = ratio if fam == "skipat" else Ratio(1.0, 1.0, 1.0, ratio.pairs)
+            own8 = int8_ratio if fam == "skipat" else Ratio(1.0, 1.0, 1.0, int8_ratio.pairs)
             rows.append(CompareRow(
                 model=fam, arch=archs[fam], resolution=res,
                 latency_ms=stats[j].median_ms, p90_ms=stats[j].p90_ms,
-                int8_latency_ms=int8_stats[j].median_ms, ratio_vs_vit=ratio,
-                speedup_vs_vit=1 / ratio,
+                int8_latency_ms=int8_stats[j].median_ms, ratio_vs_vit=own.value,
+                speedup_vs_vit=1 / own.value,
                 paper_ms=PAPER_S22_MS.get((fam, res)) if device.name == "Galaxy S22" else None,
-                measured_on=where))
-    notices.append("CPU latency is FP32 (INT8 QDQ beside it); the paper's figures are the S22 NPU "
-                   "in INT8 and are shown for reference, not as comparable numbers")
+                measured_on=where, ratio_ci=(own.low, own.high), ratio_pairs=own.pairs,
+                int8_ratio_vs_vit=own8.value, int8_ratio_ci=(own8.low, own8.high),
+                int8_vs_fp32=int8_stats[j].median_ms / stats[j].median_ms))
+    notices.append("CPU latency: FP32 and the CPU INT8 model (ONNX Runtime's integer kernels, "
+                   "skipat_deploy.quant.cpu); the paper's figures are the S22 NPU in INT8 and are "
+                   "shown for reference, not as comparable numbers")
     return rows
 
 
@@ -200,10 +226,12 @@ def write_reports(result: CompareResult, tmp: Path, out_dir: Path) -> dict[str, 
 
 def markdown(result: CompareResult) -> str:
     cpu = result.backend == "cpu"
-    head = ["model", "resolution", "latency ms (median)" if cpu else "NPU latency ms (estimate)"]
+    head = ["model", "resolution", "FP32 ms (median)" if cpu else "NPU latency ms (estimate)"]
     if cpu:
-        head += ["p90 ms", "INT8 QDQ ms"]
-    head += ["SkipAt/ViT", "speed-up"]
+        head += ["p90 ms", "CPU INT8 ms", "INT8/FP32"]
+    head += ["SkipAt/ViT (95 % CI)" if cpu else "SkipAt/ViT", "speed-up"]
+    if cpu:
+        head.append("SkipAt/ViT, INT8 (95 % CI)")
     with_paper = any(r.paper_ms is not None for r in result.rows)
     if with_paper:
         head.append("paper, S22 NPU INT8 ms")
@@ -221,8 +249,11 @@ def markdown(result: CompareResult) -> str:
     for r in result.rows:
         cells = [r.arch, str(r.resolution), f"{r.latency_ms:.2f}"]
         if cpu:
-            cells += [f"{r.p90_ms:.2f}", f"{r.int8_latency_ms:.2f}"]
-        cells += [f"{r.ratio_vs_vit:.3f}", f"{r.speedup_vs_vit:.2f}x"]
+            cells += [f"{r.p90_ms:.2f}", f"{r.int8_latency_ms:.2f}", f"{r.int8_vs_fp32:.2f}"]
+        cells += [_ratio(r.ratio_vs_vit, r.ratio_ci if r.model == "skipat" else None),
+                  f"{r.speedup_vs_vit:.2f}x"]
+        if cpu:
+            cells.append(_ratio(r.int8_ratio_vs_vit, r.int8_ratio_ci if r.model == "skipat" else None))
         if with_paper:
             cells.append("-" if r.paper_ms is None else f"{r.paper_ms:.2f}")
         if not cpu:
@@ -240,31 +271,55 @@ def markdown(result: CompareResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ratio(value: float, ci: tuple[float, float] | None) -> str:
+    return f"{value:.3f}" if ci is None else f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"
+
+
 def chart(result: CompareResult, path: Path) -> None:
+    """Latency bars per resolution (FP32 and, on the CPU, CPU INT8, for both models), each
+    SkipAt bar labelled with its SkipAt/ViT ratio and 95 % interval; the paper's S22 NPU ratio
+    is written beside for reference."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     res = sorted({r.resolution for r in result.rows})
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    width = 0.38
-    for k, fam in enumerate(FAMILIES):
-        vals = [next(r.latency_ms for r in result.rows if r.model == fam and r.resolution == x) for x in res]
-        bars = ax.bar([i + (k - 0.5) * width for i in range(len(res))], vals, width,
-                      label="ViT-T" if fam == "vit" else "SkipAt-T")
-        if fam == "skipat":
-            ratios = [next(r.ratio_vs_vit for r in result.rows if r.model == fam and r.resolution == x) for x in res]
-            for b, q in zip(bars, ratios):
-                ax.annotate(f"{q:.2f}x", (b.get_x() + b.get_width() / 2, b.get_height()),
-                            ha="center", va="bottom", fontsize=9)
+    row = {(r.model, r.resolution): r for r in result.rows}
+    cpu = result.backend == "cpu"
+    series = [("vit", "latency_ms", "ViT-T"), ("skipat", "latency_ms", "SkipAt-T")]
+    if cpu:
+        series = [("vit", "latency_ms", "ViT-T FP32"), ("skipat", "latency_ms", "SkipAt-T FP32"),
+                  ("vit", "int8_latency_ms", "ViT-T CPU INT8"), ("skipat", "int8_latency_ms", "SkipAt-T CPU INT8")]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    width = 0.8 / len(series)
+    for k, (fam, field_, label) in enumerate(series):
+        vals = [getattr(row[(fam, x)], field_) for x in res]
+        bars = ax.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(res))], vals,
+                      width, label=label)
+        if fam != "skipat":
+            continue
+        for b, x in zip(bars, res):
+            r = row[(fam, x)]
+            ratio, ci = ((r.ratio_vs_vit, r.ratio_ci) if field_ == "latency_ms"
+                         else (r.int8_ratio_vs_vit, r.int8_ratio_ci))
+            text = f"{ratio:.2f}" + (f"\n[{ci[0]:.2f}-{ci[1]:.2f}]" if ci else "")
+            ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    paper = {x: PAPER_S22_MS[("skipat", x)] / PAPER_S22_MS[("vit", x)] for x in res
+             if ("skipat", x) in PAPER_S22_MS}
+    if paper:
+        ax.text(0.01, 0.97, "paper, S22 NPU INT8 SkipAt/ViT: "
+                + ", ".join(f"{x}px {q:.2f}" for x, q in paper.items()),
+                transform=ax.transAxes, va="top", fontsize=8, color="0.3")
     ax.set_xticks(range(len(res)), [f"{x}px" for x in res])
     ax.set_ylabel("latency (ms)")
-    import textwrap
-
     where = result.rows[0].measured_on
-    ax.set_title(textwrap.fill(f"ViT-T vs SkipAt-T, {where}", 70), fontsize=9)
-    ax.legend()
+    ax.set_title(textwrap.fill(f"ViT-T vs SkipAt-T, {where} (labels: SkipAt/ViT, 95 % CI)", 80),
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, 0.9))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

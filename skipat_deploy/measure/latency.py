@@ -1,13 +1,18 @@
 """CPU latency with ONNX Runtime, measured side by side.
 
 Shared machines are noisy: models that are compared are timed in one process, interleaved run
-by run (A B A B ...), and a comparison is the median of the per-pair ratios. Figures are
+by run (A B A B ...), and a comparison is the median of the per-pair ratios with a 95 %
+distribution-free interval (order statistics of the paired ratios). :func:`interleaved` can keep
+timing until every requested ratio is known to about +-2 % or a time budget ends. Figures are
 medians and 90th percentiles of wall time per inference after warm-up.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,26 +53,71 @@ def feed(sess: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def default_threads() -> int:
+    """What a user's machine gives ONNX Runtime unless told otherwise: all its cores."""
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Median of paired time ratios with its 95 % interval (order statistics: no assumption on
+    the distribution of the noise)."""
+
+    value: float
+    low: float
+    high: float
+    pairs: int
+
+    @property
+    def relative_half_width(self) -> float:
+        return (self.high - self.low) / 2 / self.value
+
+    def to_json(self) -> dict:
+        return dict(value=self.value, low=self.low, high=self.high, pairs=self.pairs)
+
+
+def ratio_interval(times: np.ndarray, numerator: int, denominator: int, z: float = 1.959964) -> Ratio:
+    """t[numerator] / t[denominator] over back-to-back pairs: median and the 95 % interval for
+    the median from the ranks n/2 -+ z sqrt(n)/2 of the sorted ratios."""
+    r = np.sort(times[:, numerator] / times[:, denominator])
+    n = len(r)
+    lo = max(0, math.floor(n / 2 - z * math.sqrt(n) / 2) - 1)
+    hi = min(n - 1, math.ceil(n / 2 + z * math.sqrt(n) / 2) - 1)
+    return Ratio(float(np.median(r)), float(r[lo]), float(r[hi]), n)
+
+
 def interleaved(paths: list[str | Path], runs: int = 50, warmup: int = 5,
-                threads: int | None = None) -> tuple[list[CpuLatency], np.ndarray]:
-    """Time every model ``runs`` times, one run of each in turn. Returns the per-model figures
-    and the raw times (runs x models, seconds) so callers can form per-pair ratios."""
+                threads: int | None = None, until: Sequence[tuple[int, int]] = (),
+                target: float = 0.02, budget_s: float = 0.0, max_runs: int = 1000,
+                ) -> tuple[list[CpuLatency], np.ndarray]:
+    """Time every model ``runs`` times, one run of each in turn. With ``until`` (pairs of model
+    indices), keep going in rounds of ``runs`` until each pair's ratio interval is within
+    +-``target`` or ``budget_s`` seconds have been spent (or ``max_runs``). Returns the
+    per-model figures and the raw times (runs x models, seconds) for per-pair ratios."""
     if runs < 1 or warmup < 0:
         raise UserError("--runs must be at least 1 and --warmup not negative")
-    threads = threads or 1  # more threads made figures slower and noisier on shared 2-core machines
+    threads = threads or default_threads()
     sessions = [session(p, threads) for p in paths]
     feeds = [feed(s) for s in sessions]
     for _ in range(warmup):
         for s, f in zip(sessions, feeds):
             s.run(None, f)
-    times = np.zeros((runs, len(paths)))
-    for i in range(runs):
-        for j, (s, f) in enumerate(zip(sessions, feeds)):
-            t = time.perf_counter()
-            s.run(None, f)
-            times[i, j] = time.perf_counter() - t
+    t0 = time.perf_counter()
+    rounds = []
+    while True:
+        times = np.zeros((runs, len(paths)))
+        for i in range(runs):
+            for j, (s, f) in enumerate(zip(sessions, feeds)):
+                t = time.perf_counter()
+                s.run(None, f)
+                times[i, j] = time.perf_counter() - t
+        rounds.append(times)
+        times = np.concatenate(rounds)
+        settled = all(ratio_interval(times, a, b).relative_half_width <= target for a, b in until)
+        if not until or settled or time.perf_counter() - t0 >= budget_s or len(times) >= max_runs:
+            break
     stats = [CpuLatency(str(p), float(np.median(times[:, j]) * 1e3),
-                        float(np.percentile(times[:, j], 90) * 1e3), runs, warmup, threads)
+                        float(np.percentile(times[:, j], 90) * 1e3), len(times), warmup, threads)
              for j, p in enumerate(paths)]
     return stats, times
 

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..export import run_qdq_cpu, sample_inputs
 from ..npu import hub as hub_mod
 from ..npu.compile import CompileConfig
-from .latency import CpuLatency, interleaved
+from .latency import CpuLatency, Ratio, interleaved, ratio_interval
 
 
 def profile_hub(model: str | Path, out_dir: str | Path, cfg: CompileConfig = CompileConfig(),
@@ -55,21 +55,28 @@ class ProfileOutcome:
     backend: str
     device: str
     cpu: list[CpuLatency] = field(default_factory=list)
+    # cpu, two models: the second's latency over the first's (CPU INT8 / FP32), paired runs
+    cpu_ratio: Ratio | None = None
     hub: object | None = None  # hub.HubProfile
     compiled: object | None = None  # npu.CompileResult (hub)
     notices: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return dict(backend=self.backend, device=self.device, cpu=[asdict(c) for c in self.cpu],
+                    cpu_ratio=None if self.cpu_ratio is None else self.cpu_ratio.to_json(),
                     hub=None if self.hub is None else self.hub.to_json(),
                     compiled=None if self.compiled is None else self.compiled.to_json(),
                     notices=self.notices)
 
 
-def profile_cpu_models(models: list[Path], runs: int, warmup: int, threads: int | None) -> list[CpuLatency]:
+def profile_cpu_models(models: list[Path], runs: int, warmup: int, threads: int | None,
+                       ) -> tuple[list[CpuLatency], Ratio | None]:
+    """Time ``models`` side by side; with two, also the second over the first (paired), timed
+    until its interval is within +-2 % or 60 s have passed."""
     for m in models:
         if not Path(m).is_file():
             raise UserError(f"model not found: {m}")
-    stats, _ = interleaved(models, runs=runs, warmup=warmup, threads=threads)
-    return stats
-
+    pair = [(1, 0)] if len(models) == 2 else []
+    stats, times = interleaved(models, runs=runs, warmup=warmup, threads=threads, until=pair,
+                               budget_s=60.0)
+    return stats, (ratio_interval(times, 1, 0) if pair else None)

@@ -140,7 +140,8 @@ def check_reproduces_simulation(qdq: Path, q: Quality, sim: Quality, qdq_vs_sim_
         max_abs_diff)
 
 
-def _images(cfg: QuantizeConfig, notices: list[str]):
+def calibration_images(cfg, notices: list[str]):
+    """The calibration and evaluation image sets of ``cfg`` (its ``calib_dir``, ``eval_dir``)."""
     if cfg.calib_dir is None:
         calib, evaluation = calibration.bundled_photos()
         notices.append(
@@ -158,6 +159,22 @@ def _images(cfg: QuantizeConfig, notices: list[str]):
         calib, evaluation = calibration.split(calib)
         notices.append(f"no --eval: evaluating on {len(evaluation.paths)} held-out files of --calib")
     return calib, evaluation
+
+
+def float_reference(ckpt: LoadedCheckpoint, cfg, notices: list[str], step: Callable[[str], None]):
+    """What every quantizer starts from: the image sets of ``cfg``, the calibration and
+    evaluation samples at ``cfg.resolution``, the float PyTorch model and its outputs on the
+    evaluation samples (the reference quality is measured against)."""
+    grid = check_resolution(cfg.resolution, ckpt.arch.patch_size)
+    calib_set, eval_set = calibration_images(cfg, notices)
+    pp, res = ckpt.spec.preprocess, cfg.resolution
+    step(f"pre-processing {cfg.num_calib} calibration + {cfg.num_eval} evaluation samples at {res}px")
+    xc = calibration.image_batch(calib_set, res, pp, cfg.num_calib, seed=cfg.seed)
+    xe = calibration.image_batch(eval_set, res, pp, cfg.num_eval, seed=cfg.seed + 1)
+    model = load_weights(build_model(ckpt.arch, grid), ckpt.state_dict, ckpt.spec.name).eval()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(xe)).numpy()
+    return calib_set, eval_set, xc, xe, model, ref
 
 
 def _metadata(float_meta: dict, precision: str, backend: str, device, promoted: list[str],
@@ -185,17 +202,9 @@ def quantize(
 ) -> QuantizeResult:
     t0 = time.perf_counter()
     device = cfg.check()
-    grid = check_resolution(cfg.resolution, ckpt.arch.patch_size)
     notices: list[str] = []
-    calib_set, eval_set = _images(cfg, notices)
-
-    pp, res = ckpt.spec.preprocess, cfg.resolution
-    step(f"pre-processing {cfg.num_calib} calibration + {cfg.num_eval} evaluation samples at {res}px")
-    xc = calibration.image_batch(calib_set, res, pp, cfg.num_calib, seed=cfg.seed)
-    xe = calibration.image_batch(eval_set, res, pp, cfg.num_eval, seed=cfg.seed + 1)
-    model = load_weights(build_model(ckpt.arch, grid), ckpt.state_dict, ckpt.spec.name)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(xe)).numpy()
+    calib_set, eval_set, xc, xe, model, ref = float_reference(ckpt, cfg, notices, step)
+    res = cfg.resolution
     classifier = ckpt.arch.num_classes > 0
 
     out_dir = Path(out_dir)

@@ -166,6 +166,25 @@ def rotate_heads(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def rotate_values(model: nn.Module, seed: int = 0) -> nn.Module:
+    """In place, on fused-qkv attention: v rotated by one orthogonal R per head, which ``proj``
+    absorbs (``proj``'s 8-bit input loses its outlier channels; q and k, untouched, stay float
+    on the CPU). Same function; no extra op."""
+    for blk in (m for m in model.modules() if isinstance(m, Block)):
+        attn = blk.attn
+        if isinstance(attn, SplitAttention):
+            raise TypeError("rotate_values works on fused qkv; use rotate_heads on split attention")
+        d = attn.proj.in_features
+        r_v = torch.block_diag(*[_head_rotation(attn.head_dim, seed + 2) for _ in range(attn.num_heads)])
+        w, b = attn.qkv.weight, attn.qkv.bias
+        w[2 * d :].copy_(r_v.T @ w[2 * d :].double())
+        if b is not None:
+            b[2 * d :].copy_(r_v.T @ b[2 * d :].double())
+        _reader(attn.proj, r_v)
+    return model
+
+
 def _head_rotation(n: int, seed: int) -> torch.Tensor:
     """A randomized Hadamard ``H D / sqrt(n)`` (nothing to fix inside a head), else random."""
     rng = np.random.default_rng(seed)
