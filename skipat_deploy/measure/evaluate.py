@@ -144,14 +144,18 @@ def torch_logits(model, images: EvalImages, step: Step = lambda m: None, batch: 
 
 
 def onnx_logits(path: Path, images: EvalImages, name: str, step: Step = lambda m: None) -> np.ndarray:
-    """A float or QDQ ONNX model on ONNX Runtime's CPU. QDQ models run with graph optimisations
-    off, Q/DQ as separate ops, so the result is the QDQ semantics the NPU implements rather
-    than whatever integer kernels this CPU fuses them into."""
+    """A float or QDQ ONNX model on ONNX Runtime's CPU. The NPU's QDQ models run with graph
+    optimisations off, Q/DQ as separate ops, so the result is the QDQ semantics the NPU
+    implements rather than whatever integer kernels this CPU fuses them into; the CPU INT8
+    model (made for those kernels) runs as a user's CPU runs it."""
     import onnxruntime as ort
+
+    from ..export import read_metadata
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    if name == "qdq":
+    for_cpu = (read_metadata(path).get("quantization") or {}).get("target") == "cpu"
+    if name == "qdq" and not for_cpu:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
