@@ -259,7 +259,7 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
         check_resolution(resolution, source.arch.patch_size)
         name = source.info.path if source.info else f"{source.spec.name} (freshly initialised)"
         stem = artifact_name(source, resolution, 1).removesuffix(".onnx")
-        quantized = False
+        quantized, meta = False, {}
         cfg = replace(cfg, targets=cfg.targets or ("torch", "onnx", "qdq"))
     else:
         meta = _onnx_metadata(source)
@@ -329,15 +329,16 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
                     note = (f"first {len(y)} of {len(images)} images only (--npu-samples "
                             f"{cfg.npu_max_samples}: the x86-64 HTP simulator takes seconds per image)")
             else:
-                from .npu.hub import infer_on_device
+                from .npu.hub import infer_on_device, input_specs
 
                 ccfg = CompileConfig(device=cfg.device, backend="hub", hub_timeout_s=cfg.hub_timeout_s)
                 c = compile_model(qdq, out_dir, ccfg, step)
                 notices.extend(c.notices)
                 model_path = c.artifacts["target_model"]
                 x = np.concatenate(list(images.batches(1)))
+                (input_name,) = input_specs(qdq)
                 y, _, hub_notices = infer_on_device(
-                    c.jobs[0]["id"], qdq, out_dir, resolve_device(cfg.device), _input_name(qdq), x,
+                    c.jobs[0]["id"], qdq, out_dir, resolve_device(cfg.device), input_name, x,
                     cfg.samples_per_job, step, cfg.hub_timeout_s)
                 notices.extend(hub_notices)
                 note = f"{math.ceil(len(x) / cfg.samples_per_job)} AI Hub inference job(s)"
@@ -351,7 +352,7 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
         reference=reference_name, targets=[scores[t] for t in ordered], num_images=len(images),
         unreadable=images.unreadable, max_top1_drop=cfg.max_top1_drop, notices=notices)
     if quantized:
-        result.precision = (_onnx_metadata(source).get("quantization") or {}).get("precision")
+        result.precision = (meta.get("quantization") or {}).get("precision")
     ev.apply_gate(result)
     result.seconds = time.perf_counter() - t0
     ev.write_reports(result, out_dir, stem)
@@ -375,14 +376,6 @@ def _is_quantized(path: Path) -> bool:
     import onnx
 
     return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path), load_external_data=False).graph.node)
-
-
-def _input_name(path: Path) -> str:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    init = {i.name for i in graph.initializer}
-    return next(i.name for i in graph.input if i.name not in init)
 
 
 def _onnx_stem(path: Path) -> str:
