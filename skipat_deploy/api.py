@@ -100,7 +100,7 @@ def cpu_int8(
     eval_dir: str | Path | None = None,
     num_calib: int = 32,
     num_eval: int = 16,
-    rotate: bool = False,
+    rotate: bool = True,
     arch: str | None = None,
     skip_indices: tuple[int, ...] | None = None,
     head_dim: int = 64,

@@ -229,7 +229,7 @@ def quantize(
             with run.progress(total=12) as step:
                 c = api.cpu_int8(ckpt, out, resolution=resolution, calib_dir=calib,
                                  eval_dir=eval_dir, num_calib=num_calib, num_eval=num_eval,
-                                 rotate=bool(rotate), arch=arch,
+                                 rotate=rotate is not False, arch=arch,
                                  skip_indices=_ints(skip_indices, "--skip-indices"),
                                  head_dim=head_dim, allow_code_execution=allow_code_execution,
                                  step=step)
