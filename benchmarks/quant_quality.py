@@ -7,7 +7,7 @@ ONNX Runtime CPU against the float PyTorch model, plus the time each run took. A
 parity set is beside the project (``../shared/golden/tiny``), SkipAt-T at w8a16 (logit SQNR) and
 the time to quantize ViT-T.
 
-    pip install -e ".[bench]" && python benchmarks/quant_quality.py [--out DIR] [--quick]
+    pip install -e ".[bench]" && python benchmarks/quant_quality.py [--out DIR] [--quick] [--cpu]
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--num-eval", type=int, default=24)
     ap.add_argument("--quick", action="store_true", help="w8a16 only")
     ap.add_argument("--only", help="comma-separated runs, e.g. aimet:w8a8:rot,aimet:mixed:norot")
+    ap.add_argument("--cpu", action="store_true", help="only the CPU INT8 model (quant.cpu), "
+                    "with and without rotation, on the photo sets as given and swapped")
     a = ap.parse_args()
     from safetensors.torch import save_file
 
@@ -56,6 +58,15 @@ def main() -> None:
         calib_dir.mkdir()
         for p in calib.paths:
             (calib_dir / p.name).write_bytes(p.read_bytes())
+        if a.cpu:
+            for rotate in (True, False):
+                for swapped, (cd, ed) in ((False, (calib_dir, eval_dir)), (True, (eval_dir, calib_dir))):
+                    t = time.perf_counter()
+                    c = api.cpu_int8(ckpt, a.out, calib_dir=cd, eval_dir=ed, num_calib=32,
+                                     num_eval=a.num_eval, rotate=rotate)
+                    print(f"CPU INT8 rotate={rotate!s:5s} photo sets {'swapped' if swapped else 'as given'}: "
+                          f"SQNR {c.quality.sqnr_db:.2f} dB, {time.perf_counter() - t:.0f} s", flush=True)
+            return
         runs = RUNS[:1] if a.quick else RUNS
         if a.only:
             wanted = {tuple(x.split(":")) for x in a.only.split(",")}

@@ -14,7 +14,7 @@ Before quantizing, the residual stream is rotated and each head's values too, wi
 absorbing that rotation (:mod:`.rotate`, float-equivalent, folded into the weights), so the
 8-bit inputs lose their outlier channels. GEMM outputs stay float (no requantization). Measured
 on the real DINOv2 ViT-S/14 and held-out photos: 16.4 dB for the plain recipe (issue 15),
-21.2 dB with requantized outputs, 27.0 dB as built here.
+21.2 dB with requantized outputs, 26.8 dB as built here (benchmarks/quant_quality.py --cpu).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class CpuInt8Config:
     resolution: int = 224
     # The residual-stream rotation costs one d x d op per SkipAt Φ (after its channel gate) and
     # one for head-less models, both 8-bit here; it makes the result less dependent on the
-    # calibration photos (DINOv2 ViT-S/14: 26.2 -> 27.0 dB, and 24.3 -> 25.9 dB with the
+    # calibration photos (DINOv2 ViT-S/14: 26.2 -> 26.8 dB, and 24.3 -> 25.9 dB with the
     # calibration and evaluation photo sets swapped).
     rotate: bool = True
     calib_dir: Path | None = None
