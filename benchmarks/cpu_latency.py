@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from skipat_deploy import api
-from skipat_deploy.measure.latency import feed, interleaved, pair_ratio, ratio_interval, session
+from skipat_deploy.measure.latency import feed, interleaved, ratio_interval, session
 
 
 
@@ -181,8 +181,8 @@ def main() -> None:
                 paths.append(r.path)
             stats, times = interleaved(paths, runs=a.runs, threads=threads)
             ms = [s.median_ms for s in stats]
-            print(f"| {res} | {ms[0]:.2f} | {ms[1]:.2f} | {pair_ratio(times, 1, 0):.3f} | {ms[2]:.2f} "
-                  f"| {ms[3]:.2f} | {pair_ratio(times, 3, 2):.3f} | {mac_ratio(res):.3f} |", flush=True)
+            print(f"| {res} | {ms[0]:.2f} | {ms[1]:.2f} | {ratio_interval(times, 1, 0).value:.3f} | {ms[2]:.2f} "
+                  f"| {ms[3]:.2f} | {ratio_interval(times, 3, 2).value:.3f} | {mac_ratio(res):.3f} |", flush=True)
         print("\nLatency relative to the project's FP32 export (median of paired ratios, 95 % interval)")
         rows = {}
         for arch in ("vit_tiny_patch16", "skipat_tiny_patch16"):

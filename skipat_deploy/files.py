@@ -33,14 +33,18 @@ def artifact_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "model"
 
 
-def compiled_stem(model: Path, soc: str) -> str:
-    """Stem of what is compiled from ``model`` for one SoC: ``x.qdq.onnx`` -> ``x.sm8450``."""
+def model_stem(model: Path) -> str:
+    """A model file's name without its kind: ``x.qdq.onnx``, ``x.onnx``, ``x.aimet`` -> ``x``."""
     name = Path(model).name
     for suffix in (".qdq.onnx", ".onnx", ".aimet"):
         if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return f"{name}.{soc.lower()}"
+            return name[: -len(suffix)]
+    return name
+
+
+def compiled_stem(model: Path, soc: str) -> str:
+    """Stem of what is compiled from ``model`` for one SoC: ``x.qdq.onnx`` -> ``x.sm8450``."""
+    return f"{model_stem(model)}.{soc.lower()}"
 
 
 def sha256_file(path: str | Path) -> str:

@@ -23,6 +23,7 @@ from .bundle import write_manifest
 from .checkpoint import LoadedCheckpoint, load_weights
 from .devices import resolve_device
 from .errors import UserError
+from .files import model_stem
 from .export import ExportConfig, artifact_name, check_resolution, export_onnx, read_metadata
 from .measure import compare as cmp
 from .measure import evaluate as ev
@@ -145,29 +146,37 @@ def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path,
                     qdq[(fam, res)] = q.qdq_onnx
             rows = cmp.hub_rows(qdq, archs, out_dir, cfg, device, step, notices)
         if eval_data is not None:
+            subset = stratified_subset(eval_data, cfg.eval_samples)
+            decoded: dict[tuple, ev.EvalImages] = {}  # one decode per resolution and pre-processing
             scores = {}
             for (fam, res), row_models in (models if backend == "cpu" else qdq).items():
                 float_model, int8 = row_models if backend == "cpu" else (None, row_models)
+                pp = ckpts[fam].spec.preprocess
+                if (res, pp) not in decoded:
+                    decoded[(res, pp)] = ev.load_images(subset, res, pp, step)
                 scores[(fam, res)] = _float_and_int8_top1(ckpts[fam], res, float_model, int8,
-                                                          eval_data, cfg.eval_samples, step)
+                                                          decoded[(res, pp)], step)
             cmp.add_accuracy(rows, scores)
-            notices.append("top-1: the float model and the INT8 QDQ model on this CPU, on "
-                           f"{eval_data.root} ({eval_data.layout})")
+            notices.append("top-1: the float model and the INT8 model sent to the "
+                           + ("CPU" if backend == "cpu" else "NPU (run here as QDQ on the CPU)")
+                           + f", on {eval_data.root} ({eval_data.layout})")
         result = cmp.CompareResult(backend, device.name, rows, {}, notices)
         result.seconds = time.perf_counter() - t0
         result.files = cmp.write_reports(result, tmp, out_dir)
     return result
 
 
+def _torch_model(ck: LoadedCheckpoint, resolution: int):
+    grid = check_resolution(resolution, ck.arch.patch_size)
+    return load_weights(build_model(ck.arch, grid), ck.state_dict, ck.spec.name).eval()
+
+
 def _float_and_int8_top1(ck: LoadedCheckpoint, resolution: int, float_onnx: Path | None, int8: Path,
-                         data: LabelledImages, num_samples: int | None, step: Step):
-    images = ev.load_images(stratified_subset(data, num_samples), resolution, ck.spec.preprocess, step)
+                         images: ev.EvalImages, step: Step):
     if float_onnx is not None:
         name, y = "onnx", ev.onnx_logits(float_onnx, images, "onnx", step)
     else:
-        grid = resolution // ck.arch.patch_size
-        model = load_weights(build_model(ck.arch, grid), ck.state_dict, ck.spec.name).eval()
-        name, y = "torch", ev.torch_logits(model, images, step)
+        name, y = "torch", ev.torch_logits(_torch_model(ck, resolution), images, step)
     fl = ev.score(name, y, images.labels, None if float_onnx is None else str(float_onnx), 0.0)
     q = ev.score("qdq", ev.onnx_logits(int8, images, "qdq", step), images.labels, str(int8), 0.0, y)
     return fl, q
@@ -267,7 +276,7 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
         if not num_classes:
             raise UserError(f"{source.name} has no classification head (it outputs features): "
                             "top-1 needs class logits; evaluate a classifier")
-        name, stem = str(source), _onnx_stem(source)
+        name, stem = str(source), model_stem(source)
         quantized = _is_quantized(source)
         allowed = ("qdq", "npu", "device") if quantized else ("onnx",)
         cfg = replace(cfg, targets=cfg.targets or allowed[:1])
@@ -300,9 +309,7 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
         note, model_path = None, None
         if target == "torch":
             step("building the PyTorch model")
-            grid = resolution // source.arch.patch_size
-            model = load_weights(build_model(source.arch, grid), source.state_dict, source.spec.name).eval()
-            y = ev.torch_logits(model, images, step)
+            y = ev.torch_logits(_torch_model(source, resolution), images, step)
         elif target == "onnx":
             if isinstance(source, LoadedCheckpoint):
                 (r,) = export_onnx(source, out_dir, ExportConfig(resolutions=(resolution,)), step)
@@ -348,11 +355,10 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
                                   time.perf_counter() - t1, ref, note)
     result = ev.EvaluateResult(
         model=name, dataset=str(data.root), layout=data.layout, resolution=resolution,
-        precision=cfg.precision if (quantized or any(t in ev.INT8_TARGETS for t in ordered)) else None,
+        precision=((meta.get("quantization") or {}).get("precision") if quantized
+                   else cfg.precision if any(t in ev.INT8_TARGETS for t in ordered) else None),
         reference=reference_name, targets=[scores[t] for t in ordered], num_images=len(images),
         unreadable=images.unreadable, max_top1_drop=cfg.max_top1_drop, notices=notices)
-    if quantized:
-        result.precision = (meta.get("quantization") or {}).get("precision")
     ev.apply_gate(result)
     result.seconds = time.perf_counter() - t0
     ev.write_reports(result, out_dir, stem)
@@ -362,10 +368,7 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
 def _onnx_metadata(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"model not found: {path}")
-    try:
-        meta = read_metadata(path)
-    except Exception:
-        raise UserError(f"{path} is not a readable ONNX model") from None
+    meta = read_metadata(path)
     if not meta:
         raise UserError(f"{path} was not exported by skipat-deploy (no pre-processing metadata): "
                         "evaluate its checkpoint with --ckpt")
@@ -376,10 +379,3 @@ def _is_quantized(path: Path) -> bool:
     import onnx
 
     return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path), load_external_data=False).graph.node)
-
-
-def _onnx_stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".qdq.onnx", ".onnx"):
-        name = name.removesuffix(suffix)
-    return name

@@ -161,12 +161,11 @@ def onnx_logits(path: Path, images: EvalImages, name: str, step: Step = lambda m
     inp = sess.get_inputs()[0]
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
     out = []
-    total = math.ceil(len(images) / batch)
     for i, x in enumerate(images.batches(batch)):
         if i % 10 == 0:
             step(f"{name}: {i * batch}/{len(images)} images")
         out.append(sess.run(None, {inp.name: x})[0])
-    return np.concatenate(out)[: len(images)] if total else np.zeros((0,))
+    return np.concatenate(out)[: len(images)]
 
 
 def npu_logits(context_onnx: Path, device: str, images: EvalImages, limit: int,

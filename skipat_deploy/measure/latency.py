@@ -121,7 +121,3 @@ def interleaved(paths: list[str | Path], runs: int = 50, warmup: int = 5,
              for j, p in enumerate(paths)]
     return stats, times
 
-
-def pair_ratio(times: np.ndarray, numerator: int, denominator: int) -> float:
-    """Median over runs of t[numerator] / t[denominator], each pair timed back to back."""
-    return float(np.median(times[:, numerator] / times[:, denominator]))
