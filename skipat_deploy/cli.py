@@ -207,7 +207,7 @@ def quantize(
     device: DeviceOpt = "Galaxy S22",
     adaround: Annotated[bool, typer.Option("--adaround", help="AdaRound the weights (AIMET).")] = False,
     qat_steps: Annotated[int, typer.Option(help="Distillation fine-tune steps of the simulation on the calibration images.")] = 0,
-    rotate: Annotated[Optional[bool], typer.Option(help="Rotate the residual stream before quantizing (AIMET; float-equivalent). Default: on for w8a8 and mixed, off for w8a16.", show_default=False)] = None,
+    rotate: Annotated[Optional[bool], typer.Option(help="Rotate the residual stream before quantizing (float-equivalent, folded into the weights). Default: on for w8a8 and mixed, off for w8a16.", show_default=False)] = None,
     out: OutOpt = Path("export"),
     arch: ArchOpt = None,
     skip_indices: SkipOpt = None,
@@ -290,6 +290,10 @@ def quantize(
             t.add_row("AIMET simulation SQNR vs float", f"{r.sim_quality.sqnr_db:.2f} dB")
             t.add_row("QDQ ONNX vs simulation SQNR", f"{r.qdq_vs_sim_sqnr_db:.2f} dB")
             t.add_row("simulation, weights quantized only", f"{r.weights_only_sqnr_db:.2f} dB")
+        if r.bias_correction_db is not None:
+            t.add_row("bias correction (calibration samples)",
+                      f"{r.bias_correction_db:+.2f} dB, " + ("kept" if r.bias_correction_db > 0 else "left out"))
+        t.add_row("residual stream rotated", "yes" if r.rotated else "no")
         t.add_row("evaluated on", f"{q.num_images} samples from {r.eval_source}")
         t.add_row("calibrated on", f"{r.num_calib} samples from {r.calib_source}")
         t.add_row("16-bit activation layers", f"{len(r.promoted)} of {r.num_activation_quantizers}"

@@ -73,3 +73,20 @@ def test_split_qkv_and_head_rotation_keep_the_function(name):
         assert all(isinstance(b.attn, SplitAttention) for b in split.blocks)
         assert _rel(split(x), ref) <= 1e-4
         assert _rel(rotate_heads(split)(x), ref) <= 1e-4
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("rotates", [True, False])
+def test_the_quantizers_starting_point_keeps_the_function(name, rotates):
+    """rewrite.prepare, what both NPU backends quantize, leaves the model it was given alone."""
+    from skipat_deploy.quant.rewrite import prepare
+
+    model = _model(name, 5)
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    before = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        ref = model(x)
+        prepared = prepare(model, x, rotates)
+        assert _rel(prepared(x[:2]), ref[:2]) <= 1e-4
+    assert all(isinstance(b.attn, SplitAttention) for b in prepared.blocks)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -62,7 +62,7 @@ class QuantizeConfig:
     num_eval: int = 16
     adaround: bool = False
     qat_steps: int = 0
-    # AIMET: rotate the residual stream (float-equivalent; quant.rotate). None: where it pays,
+    # Rotate the residual stream (float-equivalent; quant.rotate). None: where it pays,
     # with 8-bit activations. At w8a16 the activations are fine and the weights dominate the
     # noise, which rotation makes harder to round (DINOv2 w8a16 before GPTQ clipping: 33.99 dB plain, 33.07 rotated;
     # benchmarks/quant_quality.py).
@@ -118,6 +118,9 @@ class QuantizeResult:
     seconds: float
     notices: list[str] = field(default_factory=list)
     rotated: bool = False  # the residual stream was rotated before quantizing
+    # AIMET, 8-bit activations: output SQNR change bias correction made on calibration samples;
+    # kept when positive
+    bias_correction_db: float | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -218,6 +221,7 @@ def quantize(
         qdq = tmp / f"{tag}.qdq.onnx"
         aimet_dir = None
         sim_q = None
+        bias_db = None
         qdq_vs_sim = None
         weights_only = None
         promoted: list[str] = []
@@ -233,12 +237,24 @@ def quantize(
             promoted, sens, n_act = flow.promoted, flow.sensitivity, flow.num_activation_quantizers
             sim_out = flow.sim_outputs
             weights_only = flow.weights_only_sqnr_db
+            bias_db = flow.bias_correction_db
+            if bias_db is not None and bias_db <= 0:
+                notices.append(f"bias correction left out: it made the calibration samples' output "
+                               f"worse ({bias_db:+.1f} dB)")
             sim_q = quality(ref, sim_out, classifier)
         else:
             from .ort import quantize_ort
 
+            source = float_res.path
+            if cfg.rotates:
+                from .rewrite import prepare
+
+                rewritten = prepare(model, torch.from_numpy(xc), True, cfg.seed, step)
+                (rewritten_res,) = export_onnx(ckpt, tmp / "rotated", ExportConfig(resolutions=(res,)),
+                                               model=rewritten)
+                source = rewritten_res.path
             step("onnxruntime.quantization (QNN QDQ config)")
-            quantize_ort(str(float_res.path), str(qdq), xc, INPUT_NAME,
+            quantize_ort(str(source), str(qdq), xc, INPUT_NAME,
                          16 if cfg.precision == "w8a16" else 8, 1)
         _set_metadata(qdq, _metadata(float_res.metadata, cfg.precision, cfg.backend, device, promoted,
                                      calib_set.source))
@@ -269,7 +285,7 @@ def quantize(
             promoted=promoted,
             num_activation_quantizers=n_act, sensitivity=sens, calib_source=calib_set.source,
             eval_source=eval_set.source, num_calib=cfg.num_calib, sizes_bytes=sizes,
-            seconds=0.0, notices=notices, rotated=cfg.backend == "aimet" and cfg.rotates,
+            seconds=0.0, notices=notices, rotated=cfg.rotates, bias_correction_db=bias_db,
         )
         write_layers_csv(tmp / "layers.csv", sens, promoted)
         if sens:
