@@ -400,7 +400,7 @@ def fit_softmax_ranges(sim, pairs: dict[str, str], x: torch.Tensor) -> None:
 # predecessors already corrected: one forward with every sample in one batch, the correction
 # applied as the forward reaches each layer. The means are over every token, while a ViT's
 # output is often its class token alone, so a correction can also hurt (DINOv2 ViT-S/14 mixed:
-# -0.6 dB even on the samples it was fitted on); it is kept only when it improves the output on
+# -0.6 to -0.7 dB even on the samples it was fitted on); it is kept only when it improves the output on
 # the calibration samples. DINOv2 ViT-S/14 w8a8: +1.8 dB on held-out photos (64 samples; +0.8
 # with the photo sets swapped, +1.2 with 8 calibration images). A second pass, range learning
 # after it (--qat-steps) and output-aware ranges for fc1 and the residual adds all lost.
@@ -416,14 +416,16 @@ def bias_correction_samples(model: nn.Module, available: int) -> int:
     return max(1, min(available, BIAS_CORRECTION_SAMPLES, BIAS_CORRECTION_BATCH_BYTES // per_sample))
 
 
-def correct_biases(sim, model: nn.Module, x: torch.Tensor) -> list[str]:
+def correct_biases(sim, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """In place on ``sim``: sequential empirical bias correction of every Linear and Conv with a
     bias, against ``model`` (the float model the simulation was built from) on ``x``. Returns
-    the corrected modules. :func:`bias_correction` keeps it only where it helps."""
+    each corrected module's bias as it was before. :func:`bias_correction` keeps the
+    correction only where it helps."""
     fmods = dict(model.named_modules())
     smods = dict(sim.model.named_modules())
     names = [n for n, m in fmods.items() if isinstance(m, (nn.Linear, nn.Conv2d))
              and m.bias is not None and n in smods]
+    before = {n: smods[n].bias.detach().clone() for n in names}
 
     def channel_mean(m: nn.Module, out: torch.Tensor) -> torch.Tensor:
         dim = 1 if isinstance(m, nn.Conv2d) else out.dim() - 1
@@ -453,7 +455,7 @@ def correct_biases(sim, model: nn.Module, x: torch.Tensor) -> list[str]:
         finally:
             for h in hooks:
                 h.remove()
-    return names
+    return before
 
 
 BIAS_CHECK_SAMPLES = 8
@@ -467,9 +469,7 @@ def bias_correction(sim, model: nn.Module, x: torch.Tensor) -> float:
     with torch.no_grad():
         ref = model(check).numpy()
         before = sqnr_db(ref, sim.model(check).numpy())
-    biases = {n: m.bias.detach().clone() for n, m in sim.model.named_modules()
-              if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None}
-    correct_biases(sim, model, x)
+    biases = correct_biases(sim, model, x)
     with torch.no_grad():
         gain = sqnr_db(ref, sim.model(check).numpy()) - before
         if gain <= 0:
