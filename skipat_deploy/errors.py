@@ -14,6 +14,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+class QualityGateError(UserError):
+    """A model measured worse than a gate allows (evaluate's --max-top1-drop, compile's NPU
+    gate): exit code 4, so CI can tell it from bad input (2) and AI Hub failures (3)."""
+
+    exit_code = 4
+
+
 class CheckpointError(UserError):
     """The checkpoint cannot be read, or its weights do not fit the model."""
 
@@ -43,3 +50,9 @@ class ExportValidationError(Exception):
         self.max_abs_diff = max_abs_diff
         diff = "" if max_abs_diff is None else f" (max abs diff {max_abs_diff:.3g})"
         super().__init__(f"{path} failed validation{diff}: " + "; ".join(self.failures))
+
+
+class RewriteError(Exception):
+    """A rewrite meant to keep the float function (LayerScale / LayerNorm folding, rotation,
+    equalization) changed what the model computes on the user's own weights: a bug, caught
+    before anything is quantized or written."""

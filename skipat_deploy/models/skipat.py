@@ -52,12 +52,9 @@ class SkipAtPhi(nn.Module):
         )
         self.linear2 = nn.Sequential(Pointwise(hidden, dim))
         self.eca = ECA(dim)
-        # The quantizer's residual-stream rotation puts a d x d Pointwise here: ECA's
-        # per-channel gate does not commute with a rotation. Identity otherwise.
-        self.rotate: nn.Module = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, d, g, g) -> (B, d, g, g)
-        return self.rotate(self.eca(self.linear2(self.dwconv(self.linear1(x)))))
+        return self.eca(self.linear2(self.dwconv(self.linear1(x))))
 
 
 class VisionTransformerSkipAt(VisionTransformer):
@@ -66,8 +63,23 @@ class VisionTransformerSkipAt(VisionTransformer):
         for k in range(arch.num_phi):
             self.add_module(f"param_{k + 1}", SkipAtPhi(arch.embed_dim))
         self.phi_concats = nn.ModuleList(Concat(dim=1) for _ in range(arch.num_phi))
+        # What a skipped block adds to the residual stream, apart from the Φ chain: Identity in
+        # a checkpoint. The quantizer's rewrites put linear maps here (a skipped block's
+        # LayerScale, the residual-stream rotation: ECA's per-channel gate commutes with
+        # neither), so the chain itself stays as Φ computes it.
+        self.phi_out = nn.ModuleList(nn.Identity() for _ in range(arch.num_phi))  # on Φ's grid
+        self.phi_cls = nn.ModuleList(nn.Identity() for _ in range(arch.num_phi))  # on the class token
         # Skipped blocks keep their (unused) attention weights: the checkpoints carry them.
         self.skip_indices = frozenset(arch.skip_indices)
+
+    def skipped_blocks(self) -> dict[int, int]:
+        """Block index -> k, for the k-th skipped block (the one Φ_k = ``param_{k+1}`` serves)."""
+        return {i: k for k, i in enumerate(sorted(self.skip_indices))}
+
+    def feeding_blocks(self) -> set[int]:
+        """Attention blocks whose attention output (before LayerScale) is also read by the
+        skipped blocks after them: the class token, and the patch tokens Φ_0 starts from."""
+        return {i for i in range(len(self.blocks)) if i not in self.skip_indices and i + 1 in self.skip_indices}
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         d, g = self.arch.embed_dim, self.grid
@@ -78,8 +90,8 @@ class VisionTransformerSkipAt(VisionTransformer):
                 if k == 0:  # patch tokens, row-major -> (B, d, g, g)
                     prev = rest.transpose(1, 2).reshape(-1, d, g, g)
                 prev = getattr(self, f"param_{k + 1}")(prev)
-                tokens = prev.reshape(-1, d, g * g).transpose(1, 2)
-                val = self.phi_concats[k](cls, tokens)
+                tokens = self.phi_out[k](prev).reshape(-1, d, g * g).transpose(1, 2)
+                val = self.phi_concats[k](self.phi_cls[k](cls), tokens)
                 k += 1
             else:
                 val = blk.attention(x)

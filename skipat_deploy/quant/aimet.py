@@ -255,6 +255,54 @@ def freeze_weight_scales(sim, scales: dict[str, torch.Tensor]) -> None:
         q.allow_overwrite(False)
 
 
+# The QDQ export stores each bias as int32 with scale (input scale x weight scale), as the HTP
+# computes it. A weight channel whose scale is tiny next to its bias (an all-zero row of a
+# classifier trained on a subset of classes, with bias -10; a pruned channel) would need a bias
+# far beyond int32: it saturates, and the exported layer adds ~0 where the simulation (which
+# keeps biases in float) adds -10. Each such channel's scale is raised until its bias fits in
+# half the int32 range (the other half is left to the sum of the products, which shares the
+# accumulator). Zero weights stay exactly zero on any grid; a non-zero channel this touches has
+# weights tiny next to its bias, so its coarser grid costs nothing that shows.
+BIAS_INT32_LIMIT = 2.0**30
+
+
+def _input_quantizer(mods: dict, name: str, srcs: list):
+    """The quantizer that sets the encoding of module ``name``'s first input."""
+    own = getattr(mods[name], "input_quantizers", [None])[0]
+    if own is not None:
+        return own
+    src = srcs[0] if srcs else None
+    if src is not None and src.kind == "module":
+        qs = getattr(mods.get(src.name), "output_quantizers", None)
+        return qs[0] if qs else None
+    return None
+
+
+def fit_weight_scales_to_biases(sim, sources: dict[str, list[Source | None]]) -> list[str]:
+    """Raise per-channel weight scales whose int32 bias would saturate (see
+    :data:`BIAS_INT32_LIMIT`); returns the modules changed."""
+    mods = dict(sim.model.named_modules())
+    changed = []
+    with torch.no_grad():
+        for name, srcs in sources.items():
+            m = mods.get(name)
+            pq = getattr(m, "param_quantizers", None)
+            wq = pq["weight"] if pq is not None and "weight" in pq else None
+            iq = _input_quantizer(mods, name, srcs)
+            if (wq is None or getattr(m, "bias", None) is None or iq is None
+                    or not wq.is_initialized() or not iq.is_initialized()):
+                continue
+            s_in = iq.get_scale().detach().double().max()
+            s_w = wq.get_scale().detach().double()
+            need = m.bias.detach().double().abs() / (s_in * BIAS_INT32_LIMIT)
+            need = need.max().reshape(s_w.shape) if s_w.numel() == 1 else need.reshape(s_w.shape)
+            if bool((need > s_w).any()):
+                s_w = torch.maximum(s_w, need)
+                wq.set_range((s_w * wq.qmin).float(), (s_w * wq.qmax).float())
+                changed.append(name)
+    return changed
+
+
 def calibrate(sim, batches: Iterable[torch.Tensor]) -> None:
     batches = list(batches)
 
@@ -635,6 +683,7 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
 
         gelu_inputs = gelu_only_producers(base_model)
         softmax_pairs = softmax_value_pairs(base_model)
+        sources = input_sources(base_model)
 
         def make(plan):
             sim = build_sim(base_model, dummy, plan, device.aimet_config)
@@ -645,6 +694,7 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
             calibrate(sim, batches)
             floor_gelu_inputs(sim, gelu_inputs)
             fit_softmax_ranges(sim, softmax_pairs, xc[:SOFTMAX_SEARCH_SAMPLES])
+            fit_weight_scales_to_biases(sim, sources)
             return sim
 
         step(f"building the simulation ({device.aimet_config})")
@@ -671,6 +721,7 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
             bias_gain = bias_correction(sim, base_model, xc[:n])
         if cfg.qat_steps:
             _qat(sim, model, xc, cfg.qat_steps, step)
+        fit_weight_scales_to_biases(sim, sources)  # bias correction and QAT moved biases and ranges
     bits = {n: _out_bw(m) for n, m in sim.model.named_modules()}
     sens = [LayerSensitivity(n, bits.get(n) or b, s, share[n]) for n, b, s in rows]
     with torch.no_grad():

@@ -19,6 +19,7 @@ on the real DINOv2 ViT-S/14 and held-out photos: 16.4 dB for the plain recipe (i
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -37,10 +38,10 @@ from ..errors import UserError
 from ..export import INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, export_onnx
 from ..metrics import Quality, quality
 from . import rotate
+from .rewrite import check_float_equivalent
 from .quantize import float_reference
 
 CPU_INT8_OPS = ("MatMul", "Gemm", "Conv")
-ROTATION_ATOL = 1e-3  # relative to the output scale: a rotation is exact up to float rounding
 
 
 @dataclass(frozen=True)
@@ -151,14 +152,13 @@ def quantize_cpu(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: CpuInt8Config
     notices: list[str] = []
     calib_set, eval_set, xc, xe, model, ref = float_reference(ckpt, cfg, notices, step)
     res = cfg.resolution
+    step("CPU INT8: rotating each head's values" + (" and the residual stream" if cfg.rotate else ""))
+    original, model = model, copy.deepcopy(model)
     with torch.no_grad():
-        step("CPU INT8: rotating each head's values" + (" and the residual stream" if cfg.rotate else ""))
         if cfg.rotate:
             rotate.rotate_residual_stream(model, seed=cfg.seed)
         rotate.rotate_values(model, seed=cfg.seed)
-        diff = np.abs(model(torch.from_numpy(xe)).numpy() - ref).max()
-        if diff > ROTATION_ATOL * max(np.abs(ref).max(), 1.0):
-            raise RuntimeError(f"the rotation changed the model's outputs by {diff:.3g}")
+    check_float_equivalent(original, model, torch.from_numpy(xc), "the CPU INT8 model's rotation")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = artifact_name(ckpt, res, 1).removesuffix(".onnx")

@@ -5,7 +5,7 @@ while the tensors that get quantized per-tensor lose their outlier channels:
 
 * :func:`fold_layer_scale`: LayerScale ``gamma`` into the Linear before it (``attn.proj``,
   ``mlp.fc2``): per-output-channel weight quantization absorbs it for free, and one Mul and its
-  8-bit quantizer disappear;
+  8-bit quantizer disappear (SkipAt's skipped blocks, and the blocks they read, keep theirs);
 * :func:`fold_norm_affine`: LayerNorm ``weight`` / ``bias`` into the Linear after it, so the
   quantized LayerNorm output is the plain normalised tensor (trained ViTs have outlier channels
   in the LayerNorm scale);
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.layers import Attention, Block, SplitAttention
+from ..models.layers import Attention, Block, LayerScale, SplitAttention
 
 
 @torch.no_grad()
@@ -42,29 +42,48 @@ def _blocks(model: nn.Module) -> list[Block]:
     return [m for m in model.modules() if isinstance(m, Block)]
 
 
+def unfoldable_layer_scales(model: nn.Module) -> set[int]:
+    """Blocks whose ``ls1`` cannot go into their ``attn.proj``: SkipAt's skipped blocks (their
+    attention output comes from Φ, not from ``proj``) and the attention blocks whose output the
+    skipped blocks also read before LayerScale (:meth:`VisionTransformerSkipAt.feeding_blocks`)."""
+    skipped = getattr(model, "skipped_blocks", dict)()
+    feeding = getattr(model, "feeding_blocks", set)()
+    return set(skipped) | set(feeding)
+
+
 @torch.no_grad()
 def fold_layer_scale(model: nn.Module) -> nn.Module:
-    for blk in _blocks(model):
-        for ls, linear in ((blk.ls1, blk.attn.proj), (blk.ls2, blk.mlp.fc2)):
-            if isinstance(ls, nn.Identity):
-                continue
-            g = ls.gamma
-            linear.weight.mul_(g[:, None])
-            linear.bias.mul_(g)
-        blk.ls1, blk.ls2 = nn.Identity(), nn.Identity()
+    """Every ``ls2`` into ``mlp.fc2``; every ``ls1`` into ``attn.proj`` except in the blocks of
+    :func:`unfoldable_layer_scales`, which keep it (:mod:`.rotate` moves those elsewhere)."""
+    keep = unfoldable_layer_scales(model)
+    for i, blk in enumerate(_blocks(model)):
+        pairs = [("ls2", blk.mlp.fc2)] + ([] if i in keep else [("ls1", blk.attn.proj)])
+        for attr, linear in pairs:
+            ls = getattr(blk, attr)
+            if isinstance(ls, LayerScale):
+                g = ls.gamma
+                linear.weight.mul_(g[:, None])
+                linear.bias.mul_(g)
+                setattr(blk, attr, nn.Identity())
     return model
 
 
 @torch.no_grad()
 def _fold_norm(norm: nn.LayerNorm, linear: nn.Linear, alpha: float) -> None:
-    """Move the bias and |weight|**alpha of the norm into the Linear."""
+    """Move the bias and a part of the gain of the norm into the Linear: with ``alpha`` = 1 all
+    of it, sign included, so the norm's affine becomes the identity (what the residual-stream
+    rotation needs; trained norms have negative and zero gains); with ``alpha`` < 1,
+    |gain|**alpha (zero gains stay in the norm)."""
     w, b = norm.weight.clone(), norm.bias.clone()
-    s = w.abs().clamp_min(1e-8) ** alpha
+    s = w if alpha == 1.0 else torch.where(w == 0, torch.ones_like(w), w.abs() ** alpha)
     if linear.bias is None:
         linear.bias = nn.Parameter(torch.zeros(linear.out_features))
     linear.bias.add_(linear.weight @ b)
     linear.weight.mul_(s[None, :])
-    norm.weight.div_(s)
+    if alpha == 1.0:
+        norm.weight.fill_(1.0)
+    else:
+        norm.weight.div_(s)
     norm.bias.zero_()
 
 

@@ -13,9 +13,11 @@ function:
   parameters are folded into the Linears that read them (LayerScale into the Linears before);
 * the final norm's output is rotated back inside the head (or by one extra Linear for a
   head-less model, whose output is the normalised class token);
-* SkipAt's Φ reads the stream-rotated attention output (Q^T goes into ``linear1``), but its ECA
-  gate scales channels by input-dependent factors, which does not commute with Q: Φ gets one
-  explicit d x d rotation after ECA (:attr:`SkipAtPhi.rotate`).
+* SkipAt's first Φ reads the stream-rotated attention output (Q^T goes into ``linear1``), but
+  its ECA gate scales channels by input-dependent factors, which does not commute with Q: what
+  a skipped block adds to the stream gets one explicit d x d op after ECA
+  (``VisionTransformerSkipAt.phi_out``, with the block's LayerScale in it), and the Φ chain
+  itself stays unrotated.
 
 :func:`rotate_heads` does the same inside attention, per head: q and k by one orthogonal R
 (``(q R)(k R)^T = q k^T``), v by another whose transpose ``proj`` absorbs. The 8-bit symmetric
@@ -32,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.layers import Block, Pointwise, SplitAttention
-from ..models.skipat import SkipAtPhi
+from ..models.layers import Block, LayerScale, Pointwise, SplitAttention
+from ..models.skipat import VisionTransformerSkipAt
 from .equalize import fold_layer_scale, fold_norm_affine
 
 
@@ -123,6 +125,41 @@ def _fold_final_norm(model: nn.Module, q: torch.Tensor) -> None:
     norm.bias.zero_()
 
 
+def _linear(weight: torch.Tensor) -> nn.Linear:
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    lin.weight.copy_(weight)
+    return lin
+
+
+def _gain(module: nn.Module) -> torch.Tensor | None:
+    return module.gamma.detach().double() if isinstance(module, LayerScale) else None
+
+
+@torch.no_grad()
+def _rotate_skipat(model: nn.Module, q: torch.Tensor) -> None:
+    """SkipAt's parts of the rotation. Φ_0 reads the rotated patch tokens of the block before
+    the first skipped one (``linear1`` absorbs Q^T); the chain Φ_k -> Φ_k+1 stays unrotated.
+    What a skipped block adds to the stream gets its LayerScale and Q where ECA's gate commutes
+    with neither: ``phi_out`` (the grid, ``e diag(g) Q``) and ``phi_cls`` (the rotated class
+    token, ``Q^T diag(g) Q``). A block the skipped ones read keeps its attention output
+    unscaled for them and applies its LayerScale to its own residual as ``Q^T diag(g) Q``."""
+    d = q.shape[0]
+    blocks = list(model.blocks)
+    for i in model.feeding_blocks():
+        g = _gain(blocks[i].ls1)
+        if g is not None:
+            blocks[i].ls1 = _linear(q.T @ (g[:, None] * q))
+    _reader(model.param_1.linear1[0], q)
+    for i, k in model.skipped_blocks().items():
+        g = _gain(blocks[i].ls1)
+        out = q.T if g is None else q.T * g[None, :]  # Pointwise weight (out, in) = (diag(g) Q)^T
+        model.phi_out[k] = Pointwise(d, d, bias=False)
+        model.phi_out[k].weight.copy_(out.reshape(d, d, 1, 1))
+        if g is not None:
+            model.phi_cls[k] = _linear(q.T @ (g[:, None] * q))
+        blocks[i].ls1 = nn.Identity()
+
+
 @torch.no_grad()
 def rotate_residual_stream(model: nn.Module, seed: int = 0) -> nn.Module:
     """In place: fold LayerScale and every LayerNorm's affine, then rotate the residual stream
@@ -141,10 +178,8 @@ def rotate_residual_stream(model: nn.Module, seed: int = 0) -> nn.Module:
         _writer(blk.attn.proj, q)
         _reader(blk.mlp.fc1, q)
         _writer(blk.mlp.fc2, q)
-    for phi in (m for m in model.modules() if isinstance(m, SkipAtPhi)):
-        _reader(phi.linear1[0], q)
-        phi.rotate = Pointwise(d, d, bias=False)
-        phi.rotate.weight.copy_(q.T.reshape(d, d, 1, 1))  # out = ECA(z) Q
+    if isinstance(model, VisionTransformerSkipAt):
+        _rotate_skipat(model, q)
     return model
 
 
