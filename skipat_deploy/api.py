@@ -16,10 +16,11 @@ from pathlib import Path
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .export import ExportConfig, ExportResult, export_onnx, fresh_checkpoint
 from .measure.predict import Prediction, predict
+from .preprocess import GIVEN, PreprocessOverrides
 
 DEFAULT_ARCH = "skipat_tiny_patch16"
 
-__all__ = ["bundle", "compare", "compile", "compile_shared", "cpu_int8", "evaluate", "export", "load", "predict", "profile", "quantize", "verify", "ExportResult", "Prediction", "DEFAULT_ARCH"]
+__all__ = ["bundle", "compare", "compile", "compile_shared", "cpu_int8", "evaluate", "export", "load", "predict", "profile", "quantize", "verify", "ExportResult", "Prediction", "PreprocessOverrides", "DEFAULT_ARCH"]
 
 
 def load(
@@ -28,18 +29,41 @@ def load(
     skip_indices: tuple[int, ...] | None = None,
     head_dim: int = 64,
     allow_code_execution: bool = False,
+    preprocess: PreprocessOverrides | None = None,
 ) -> LoadedCheckpoint:
     """A checkpoint's weights and model spec; freshly initialised ``arch`` (default
-    SkipAt-T) when ``ckpt`` is None."""
+    SkipAt-T) when ``ckpt`` is None. The spec's pre-processing, which every later stage reads
+    (calibration, evaluation, export metadata, bundle manifest), is ``preprocess`` where given,
+    else what the checkpoint carries, else the spec's default (a guess, marked as one)."""
     if ckpt is None:
-        loaded = fresh_checkpoint(arch or DEFAULT_ARCH)
-        if skip_indices is not None:
-            from dataclasses import replace
+        from dataclasses import replace
 
-            spec = loaded.spec
-            loaded = replace(loaded, spec=replace(spec, arch=spec.arch.with_skip_indices(skip_indices)))
-        return loaded
-    return load_checkpoint(ckpt, arch, skip_indices, head_dim, allow_code_execution)
+        loaded = fresh_checkpoint(arch or DEFAULT_ARCH)
+        spec = loaded.spec
+        if skip_indices is not None:
+            spec = replace(spec, arch=spec.arch.with_skip_indices(skip_indices))
+        if preprocess:
+            spec = replace(spec, preprocess=preprocess.check().apply_to(spec.preprocess, GIVEN))
+        return replace(loaded, spec=spec)
+    return load_checkpoint(ckpt, arch, skip_indices, head_dim, allow_code_execution, preprocess)
+
+
+def _noted(result, *loaded: LoadedCheckpoint):
+    """``result`` with the notice that a checkpoint's pre-processing is (partly) the registry's
+    guess added. Freshly initialised weights get none: their outputs mean nothing anyway."""
+    notes = [n for c in loaded if c.info is not None
+             and (n := c.spec.preprocess.guess_notice(c.spec.name))]
+    result.notices.extend(n for n in dict.fromkeys(notes) if n not in result.notices)
+    return result
+
+
+def _check_preprocess(preprocess: PreprocessOverrides | None, model=None) -> None:
+    """Given pre-processing checked before any slow work; refused with an exported ``model``,
+    whose metadata holds its own."""
+    if preprocess is not None:
+        if model is not None:
+            preprocess.refuse_for(model)
+        preprocess.check()
 
 
 def export(
@@ -51,11 +75,12 @@ def export(
     head_dim: int = 64,
     batch_size: int = 1,
     allow_code_execution: bool = False,
+    preprocess: PreprocessOverrides | None = None,
     step: Callable[[str], None] = lambda msg: None,
 ) -> list[ExportResult]:
-    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
+    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution, preprocess)
     config = ExportConfig(resolutions=tuple(resolutions), batch_size=batch_size)
-    return export_onnx(loaded, out_dir, config, step)
+    return [_noted(r, loaded) for r in export_onnx(loaded, out_dir, config, step)]
 
 
 def quantize(
@@ -76,6 +101,7 @@ def quantize(
     skip_indices: tuple[int, ...] | None = None,
     head_dim: int = 64,
     allow_code_execution: bool = False,
+    preprocess: PreprocessOverrides | None = None,
     step: Callable[[str], None] = lambda msg: None,
 ):
     """Quantize for the NPU; returns a :class:`skipat_deploy.quant.QuantizeResult`."""
@@ -88,8 +114,8 @@ def quantize(
         adaround=adaround, qat_steps=qat_steps, rotate=rotate,
     )
     cfg.check()
-    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
-    return run_quantize(loaded, out_dir, cfg, step)
+    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution, preprocess)
+    return _noted(run_quantize(loaded, out_dir, cfg, step), loaded)
 
 
 def cpu_int8(
@@ -105,6 +131,7 @@ def cpu_int8(
     skip_indices: tuple[int, ...] | None = None,
     head_dim: int = 64,
     allow_code_execution: bool = False,
+    preprocess: PreprocessOverrides | None = None,
     step: Callable[[str], None] = lambda msg: None,
 ):
     """The CPU fallback: an INT8 ONNX for ONNX Runtime's integer kernels
@@ -116,8 +143,8 @@ def cpu_int8(
                         eval_dir=Path(eval_dir) if eval_dir else None,
                         num_calib=num_calib, num_eval=num_eval)
     cfg.check()
-    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
-    return quantize_cpu(loaded, out_dir, cfg, step)
+    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution, preprocess)
+    return _noted(quantize_cpu(loaded, out_dir, cfg, step), loaded)
 
 
 def compile(
@@ -139,6 +166,7 @@ def compile(
     skip_indices: tuple[int, ...] | None = None,
     head_dim: int = 64,
     allow_code_execution: bool = False,
+    preprocess: PreprocessOverrides | None = None,
     step: Callable[[str], None] = lambda msg: None,
 ):
     """Compile ``model`` (a QDQ ONNX, or for AI Hub also a ``.aimet`` folder) for ``device``'s
@@ -147,6 +175,7 @@ def compile(
     quantization result when that ran)."""
     from .npu.compile import CompileConfig, check_model
 
+    _check_preprocess(preprocess, model)
     fp16 = precision == "fp16"
     cfg = CompileConfig(device=device, backend=backend, target_runtime=target_runtime,
                         qairt_version=qairt_version, num_check=num_check,
@@ -159,8 +188,8 @@ def compile(
     if model is None and fp16:
         from .pipeline import export_and_compile
 
-        loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
-        return export_and_compile(loaded, out_dir, resolution, cfg, step)
+        loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution, preprocess)
+        return _noted(export_and_compile(loaded, out_dir, resolution, cfg, step), loaded)
     if model is None:
         from .pipeline import quantize_and_compile
         from .quant import QuantizeConfig
@@ -169,8 +198,8 @@ def compile(
                               device=device, calib_dir=Path(calib_dir) if calib_dir else None,
                               num_calib=num_calib)
         qcfg.check()
-        loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
-        return quantize_and_compile(loaded, out_dir, qcfg, cfg, step)
+        loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution, preprocess)
+        return _noted(quantize_and_compile(loaded, out_dir, qcfg, cfg, step), loaded)
     from .pipeline import compile_model
 
     return compile_model(check_model(model, backend, fp16), out_dir, cfg, step)
@@ -206,6 +235,7 @@ def profile(
     hub_timeout_s: float = 3600.0,
     arch: str | None = None,
     allow_code_execution: bool = False,
+    preprocess: PreprocessOverrides | None = None,
     step: Callable[[str], None] = lambda msg: None,
 ):
     """Latency of one model. ``hub``: compile + a profiling inference job on the phone (a QDQ
@@ -216,6 +246,7 @@ def profile(
     from .measure.profile import ProfileOutcome, profile_cpu_models, profile_hub
     from .npu.compile import CompileConfig, check_model
 
+    _check_preprocess(preprocess, model)
     ccfg = CompileConfig(device=device, backend="hub", hub_timeout_s=hub_timeout_s)
     dev = ccfg.check()
     notices: list[str] = []
@@ -227,11 +258,11 @@ def profile(
     if model is None:
         from .pipeline import profile_checkpoint
 
-        loaded = load(ckpt, arch, allow_code_execution=allow_code_execution)
+        loaded = load(ckpt, arch, allow_code_execution=allow_code_execution, preprocess=preprocess)
         out = profile_checkpoint(loaded, Path(out_dir), backend, resolution, precision, ccfg,
                                  runs, warmup, threads, step)
         out.notices[:0] = notices
-        return out
+        return _noted(out, loaded)
     out = ProfileOutcome(backend, dev.name, notices=notices)
     if backend == "cpu":
         step(f"timing on the CPU ({runs} runs)")
@@ -260,6 +291,7 @@ def compare(
     eval_labels: str | Path | None = None,
     eval_samples: int | None = None,
     allow_code_execution: bool = False,
+    preprocess: PreprocessOverrides | None = None,
     step: Callable[[str], None] = lambda msg: None,
 ):
     """ViT-T vs SkipAt at every resolution; without checkpoints, freshly initialised official
@@ -270,6 +302,7 @@ def compare(
     from .measure.compare import DEFAULT_ARCHS, CompareConfig, resolve_backend
     from .pipeline import compare as run_compare
 
+    _check_preprocess(preprocess)
     if resolve_backend(backend, []) == "hub":
         from .npu.hub import preflight
 
@@ -277,7 +310,7 @@ def compare(
     ckpts = {}
     for fam, path in (("vit", vit), ("skipat", skipat)):
         ckpts[fam] = load(path, None if path else DEFAULT_ARCHS[fam],
-                          allow_code_execution=allow_code_execution)
+                          allow_code_execution=allow_code_execution, preprocess=preprocess)
         if ckpts[fam].arch.family != fam:
             from .errors import ArchitectureError
 
@@ -291,7 +324,7 @@ def compare(
         from .measure.dataset import load_dataset
 
         eval_data = load_dataset(eval_dir, eval_labels)
-    return run_compare(ckpts, out_dir, cfg, step, eval_data)
+    return _noted(run_compare(ckpts, out_dir, cfg, step, eval_data), *ckpts.values())
 
 
 def evaluate(
@@ -316,6 +349,7 @@ def evaluate(
     skip_indices: tuple[int, ...] | None = None,
     head_dim: int = 64,
     allow_code_execution: bool = False,
+    preprocess: PreprocessOverrides | None = None,
     step: Callable[[str], None] = lambda msg: None,
 ):
     """Top-1 / top-5 on the labelled images in ``data`` (:mod:`skipat_deploy.measure.dataset`
@@ -330,6 +364,7 @@ def evaluate(
     if (ckpt is None) == (model is None):
         raise UserError("give --ckpt (a trained classifier checkpoint) or --model (an exported "
                         ".onnx / .qdq.onnx), not " + ("both" if ckpt else "neither"))
+    _check_preprocess(preprocess, model)
     cfg = EvaluateConfig(
         targets=tuple(targets or ()), resolution=resolution, precision=precision,
         quant_backend=quant_backend, device=device, num_samples=num_samples, seed=seed,
@@ -347,8 +382,10 @@ def evaluate(
         QuantizeConfig(resolution=resolution, precision=precision, backend=quant_backend,
                        device=device, calib_dir=cfg.calib_dir).check()
     dataset = load_dataset(data, labels)
-    source = Path(model) if model is not None else load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
-    return run_evaluate(source, dataset, out_dir, cfg, step)
+    if model is not None:
+        return run_evaluate(Path(model), dataset, out_dir, cfg, step)
+    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution, preprocess)
+    return _noted(run_evaluate(loaded, dataset, out_dir, cfg, step), loaded)
 
 
 def bundle(
@@ -365,23 +402,22 @@ def bundle(
     skip_indices: tuple[int, ...] | None = None,
     head_dim: int = 64,
     allow_code_execution: bool = False,
+    preprocess: PreprocessOverrides | None = None,
     step: Callable[[str], None] = lambda msg: None,
 ):
     """An app bundle per resolution (:func:`skipat_deploy.pipeline.bundle`); returns a
     BundleResult."""
-    from .devices import resolve_device
     from .pipeline import BundleConfig, bundle as run_bundle
     from .quant import QuantizeConfig
 
-    for d in devices:
-        resolve_device(d)
-    QuantizeConfig(precision=precision, backend=quant_backend, device=devices[0],
-                   calib_dir=Path(calib_dir) if calib_dir else None).check()
-    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution)
+    for d in devices:  # each Hexagon version gets a QDQ model of its own
+        QuantizeConfig(precision=precision, backend=quant_backend, device=d,
+                       calib_dir=Path(calib_dir) if calib_dir else None).check()
+    loaded = load(ckpt, arch, skip_indices, head_dim, allow_code_execution, preprocess)
     cfg = BundleConfig(devices=tuple(devices), resolutions=tuple(resolutions), precision=precision,
                        quant_backend=quant_backend, num_calib=num_calib,
                        calib_dir=Path(calib_dir) if calib_dir else None, zip=zip)
-    return run_bundle(loaded, out_dir, cfg, step)
+    return _noted(run_bundle(loaded, out_dir, cfg, step), loaded)
 
 
 def hub_devices() -> tuple[list[dict], list[str]]:

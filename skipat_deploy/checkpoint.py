@@ -6,11 +6,16 @@ Reads ``torch.save`` files (.pth .pt .t7 .pth.tar .bin) with ``weights_only=True
 timm / DeiT training checkpoints carry an ``argparse.Namespace`` and NumPy scalars: those, and
 nothing else, are allowed through the unpickler. :func:`checkpoint_filter_fn` remaps keys and
 resamples the position embedding the way timm does.
+
+Pre-processing the checkpoint carries is read too (:func:`read_preprocess`): timm's
+``pretrained_cfg`` in a torch file, a training checkpoint's ``args``, a safetensors
+``__metadata__`` entry, and a HF-hub style ``config.json`` beside the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import pickle
 import re
@@ -26,12 +31,18 @@ from .files import sha256_file
 from .errors import ArchitectureError, CheckpointError, UnsafeCheckpointError
 from .models.config import DEFAULT_SKIP_INDICES, SKIPAT, VIT, ArchConfig
 from .models.registry import ModelSpec, build_model, get_spec, match_spec
+from .preprocess import PreprocessOverrides, resolve
 
 CONTAINER_KEYS = ("model", "state_dict_ema", "state_dict", "model_ema")
 TORCH_SUFFIXES = (".pth", ".pt", ".t7", ".pth.tar", ".tar", ".bin", ".ckpt")
 # Keys some checkpoints carry that the exported model has no use for (timm drops them too).
 IGNORED_KEYS = ("mask_token",)
 DEFAULT_HEAD_DIM = 64
+# Where a torch file keeps the model's pretrained config (timm; ``default_cfg`` is the older
+# name), lowest precedence first. A training checkpoint's ``args`` beat both, as in timm's
+# resolve_data_config: they are what the run was trained with.
+CFG_KEYS = ("default_cfg", "pretrained_cfg")
+HF_CONFIG = "config.json"  # timm's save_for_hf / the HF hub: pretrained_cfg beside the weights
 
 
 def _numpy_allowlist() -> list:
@@ -59,6 +70,8 @@ class CheckpointInfo:
     format: str  # "torch" or "safetensors"
     container_key: str | None  # where the weights were found; None = the whole file
     storage_dtype: str  # dtype the floating weights were stored in
+    # Pre-processing found in (or beside) the file: (values, where), lowest precedence first.
+    preprocess_found: tuple[tuple[PreprocessOverrides, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,14 +124,69 @@ def _read_torch(path: Path, allow_code_execution: bool) -> object:
         raise CheckpointError(f"{path} is corrupt or truncated ({reason})") from None
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the header's ``__metadata__`` (strings)."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path), device="cpu"), metadata
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is corrupt or truncated ({e})") from None
+
+
+def _hf_pretrained_cfg(cfg: dict) -> dict:
+    """timm's HF config: the values under ``pretrained_cfg``, or (the older single-dict form)
+    at its top level."""
+    return cfg["pretrained_cfg"] if isinstance(cfg.get("pretrained_cfg"), dict) else cfg
+
+
+def _found(candidates: list[tuple[object, str]]) -> list[tuple[PreprocessOverrides, str]]:
+    """The candidate configs (dicts or argparse Namespaces) that set any pre-processing value."""
+    out = []
+    for cfg, where in candidates:
+        if isinstance(cfg, argparse.Namespace):
+            cfg = vars(cfg)
+        if isinstance(cfg, dict) and (values := PreprocessOverrides.from_config(cfg)):
+            out.append((values, where))
+    return out
+
+
+def read_preprocess(path: str | Path, obj: object = None, metadata: dict[str, str] | None = None
+                    ) -> list[tuple[PreprocessOverrides, str]]:
+    """The pre-processing a checkpoint carries, as (values, where) lowest precedence first:
+    ``config.json`` beside it, then in a torch file (``obj``) its top level, ``default_cfg``,
+    ``pretrained_cfg`` and a training run's ``args``, or in a safetensors file its
+    ``__metadata__`` (values as JSON, at the top or as a config under one key)."""
+    path = Path(path)
+    candidates: list[tuple[object, str]] = []
+    config = path.with_name(HF_CONFIG)
+    if config.is_file():
+        try:
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise CheckpointError(f"{config} beside the checkpoint is not readable JSON "
+                                  f"({str(e).splitlines()[0]}): fix or move it") from None
+        if isinstance(cfg, dict):
+            candidates.append((_hf_pretrained_cfg(cfg), HF_CONFIG))
+    if isinstance(obj, dict):
+        if not _is_state_dict(obj):
+            candidates.append((obj, "top level"))
+        candidates += [(obj[k], k) for k in CFG_KEYS if k in obj]
+        candidates.append((obj.get("args"), "args"))
+    if metadata:
+        decoded = {}
+        for key, text in metadata.items():
+            try:
+                decoded[key] = json.loads(text)
+            except ValueError:
+                decoded[key] = text  # a bare string such as bicubic
+        candidates.append((decoded, "__metadata__"))
+        candidates += [(_hf_pretrained_cfg(v), f"__metadata__[{k}]") for k, v in decoded.items()
+                       if isinstance(v, dict)]
+    return _found(candidates)
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -149,15 +217,19 @@ def read_state_dict(
         raise CheckpointError(f"checkpoint is not a file: {path}")
     fmt = _sniff(path)
     if fmt == "safetensors":
-        sd, key = _read_safetensors(path), None
+        (sd, metadata), key = _read_safetensors(path), None
+        found = read_preprocess(path, metadata=metadata)
     else:
-        sd, key = extract_state_dict(_read_torch(path, allow_code_execution), path)
+        obj = _read_torch(path, allow_code_execution)
+        sd, key = extract_state_dict(obj, path)
+        found = read_preprocess(path, obj)
     float_dtypes = {str(v.dtype).removeprefix("torch.") for v in sd.values() if v.is_floating_point()}
     sd = {
         k.removeprefix("module."): (v.float() if v.is_floating_point() else v)
         for k, v in sd.items()
     }
-    info = CheckpointInfo(str(path), sha256_file(path), fmt, key, ",".join(sorted(float_dtypes)))
+    info = CheckpointInfo(str(path), sha256_file(path), fmt, key, ",".join(sorted(float_dtypes)),
+                          tuple(found))
     return sd, info
 
 
@@ -274,12 +346,17 @@ def load_checkpoint(
     skip_indices: tuple[int, ...] | None = None,
     head_dim: int = DEFAULT_HEAD_DIM,
     allow_code_execution: bool = False,
+    preprocess: PreprocessOverrides | None = None,
 ) -> LoadedCheckpoint:
     """Read a checkpoint and work out its model.
 
     ``arch`` names a registered spec to use instead of the inferred architecture (the class
     count and stored grid still come from the weights); the weights are checked against it.
+    The spec's pre-processing is, value by value, ``preprocess`` (given), else what the
+    checkpoint carries, else the spec's default (marked as a guess).
     """
+    if preprocess:
+        preprocess.check()  # before reading a large file
     sd, info = read_state_dict(path, allow_code_execution)
     if arch is None:
         spec = match_spec(infer_arch(sd, head_dim, skip_indices))
@@ -292,6 +369,7 @@ def load_checkpoint(
             grid=math.isqrt(num_pos),
         )
         spec = _with_arch(spec, a, overrides, skip_indices)
+    spec = replace(spec, preprocess=resolve(spec.preprocess, info.preprocess_found, preprocess))
     model = build_model(spec.arch)
     load_weights(model, sd, spec.name)  # fail now, not at export time
     return LoadedCheckpoint(spec, sd, info)

@@ -37,6 +37,11 @@ UnsafeOpt = Annotated[bool, typer.Option("--allow-code-execution", help="Unpickl
 BackendAutoOpt = Annotated[str, typer.Option("--backend", help="hub (the phone's NPU via AI Hub), cpu (ONNX Runtime here) or auto (hub when AI Hub is configured).")]
 RunsOpt = Annotated[int, typer.Option("--runs", help="Timed CPU runs per model (after warm-up).")]
 HubTimeoutOpt = Annotated[float, typer.Option("--hub-timeout", help="Seconds to wait for an AI Hub job before giving up (a re-run resumes it).")]
+# Pre-processing of a model built from a checkpoint: given > the checkpoint's own > the default.
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", metavar="R,G,B", help="Normalisation mean per channel, pixels in [0, 1] (timm's augreg ViTs: 0.5,0.5,0.5). Default: the checkpoint's pretrained_cfg / args / config.json, else the architecture's (a guess, with a notice).", show_default=False)]
+StdOpt = Annotated[Optional[str], typer.Option("--std", metavar="R,G,B", help="Normalisation std per channel (default as --mean).", show_default=False)]
+CropPctOpt = Annotated[Optional[str], typer.Option("--crop-pct", metavar="F", help="Resize to size / F, then center-crop, in (0, 1] (default as --mean).", show_default=False)]
+InterpolationOpt = Annotated[Optional[str], typer.Option("--interpolation", metavar="NAME", help="Resize filter: bicubic, bilinear, nearest, lanczos, box or hamming (default as --mean).", show_default=False)]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime CPU threads (default: all this machine's cores; 1 pins them for steadier figures on a shared machine).")]
 
 
@@ -135,6 +140,14 @@ def _notice_fresh(run: Run, ckpt, arch, doing: str) -> None:
         )
 
 
+def _preprocess(mean: Optional[str], std: Optional[str], crop_pct: Optional[str],
+                interpolation: Optional[str]):
+    """The four pre-processing options as the one object the API takes, checked."""
+    from .preprocess import PreprocessOverrides
+
+    return PreprocessOverrides.parse(mean, std, crop_pct, interpolation)
+
+
 def _ints(text: Optional[str], what: str) -> Optional[tuple[int, ...]]:
     if text is None:
         return None
@@ -154,6 +167,10 @@ def export(
     head_dim: HeadDimOpt = 64,
     batch: Annotated[int, typer.Option(help="Static batch size of the exported graph.")] = 1,
     allow_code_execution: UnsafeOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    crop_pct: CropPctOpt = None,
+    interpolation: InterpolationOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ):
@@ -163,6 +180,7 @@ def export(
     run = Run("export", as_json, debug)
 
     def body():
+        pp = _preprocess(mean, std, crop_pct, interpolation)
         _notice_fresh(run, ckpt, arch, "exporting")
         with run.progress(total=5 * len(resolution)) as step:
             results = api.export(
@@ -174,8 +192,11 @@ def export(
                 head_dim=head_dim,
                 batch_size=batch,
                 allow_code_execution=allow_code_execution,
+                preprocess=pp,
                 step=step,
             )
+        for n in dict.fromkeys(n for r in results for n in r.notices):  # one per command, not per file
+            run.notice(n)
         table = _table("file", "model", "grid", "max |onnx-torch|", "export s", title="exported")
         for r in results:
             run.artifacts.append(
@@ -213,6 +234,10 @@ def quantize(
     skip_indices: SkipOpt = None,
     head_dim: HeadDimOpt = 64,
     allow_code_execution: UnsafeOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    crop_pct: CropPctOpt = None,
+    interpolation: InterpolationOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ):
@@ -222,6 +247,7 @@ def quantize(
     run = Run("quantize", as_json, debug)
 
     def body():
+        pp = _preprocess(mean, std, crop_pct, interpolation)
         _notice_fresh(run, ckpt, arch, "quantizing")
         if target not in ("npu", "cpu"):
             raise UserError(f"--target {target!r}: use npu or cpu")
@@ -232,7 +258,7 @@ def quantize(
                                  rotate=rotate is not False, arch=arch,
                                  skip_indices=_ints(skip_indices, "--skip-indices"),
                                  head_dim=head_dim, allow_code_execution=allow_code_execution,
-                                 step=step)
+                                 preprocess=pp, step=step)
             for n in c.notices:
                 run.notice(n)
             run.artifacts += [dict(kind="cpu_int8_onnx", path=str(c.path)),
@@ -259,7 +285,7 @@ def quantize(
                 device=device, calib_dir=calib, eval_dir=eval_dir, num_calib=num_calib,
                 num_eval=num_eval, adaround=adaround, qat_steps=qat_steps, rotate=rotate, arch=arch,
                 skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
-                allow_code_execution=allow_code_execution, step=step,
+                allow_code_execution=allow_code_execution, preprocess=pp, step=step,
             )
         for n in r.notices:
             run.notice(n)
@@ -327,6 +353,10 @@ def compile_(
     skip_indices: SkipOpt = None,
     head_dim: HeadDimOpt = 64,
     allow_code_execution: UnsafeOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    crop_pct: CropPctOpt = None,
+    interpolation: InterpolationOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ):
@@ -337,8 +367,11 @@ def compile_(
     run = Run("compile", as_json, debug)
 
     def body():
+        pp = _preprocess(mean, std, crop_pct, interpolation)
         if model and ckpt is not None:
             raise UserError("give --model (a quantized ONNX) or --ckpt, not both")
+        if model:
+            pp.refuse_for(model[0])
         if not model:
             _notice_fresh(run, ckpt, arch, "compiling")
         models = model or []
@@ -357,7 +390,7 @@ def compile_(
                     resolution=resolution, precision=precision, quant_backend=quant_backend,
                     calib_dir=calib, num_calib=num_calib, arch=arch,
                     skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
-                    allow_code_execution=allow_code_execution, step=step,
+                    allow_code_execution=allow_code_execution, preprocess=pp, step=step,
                 )]
         for r in results:
             _show_compiled(run, r, as_json)
@@ -377,10 +410,16 @@ def _show_compiled(run: Run, r, as_json: bool) -> None:
         run.artifacts.append(_artifact(kind, path))
     run.artifacts.append(dict(kind="compile_record", path=str(r.record)))
     if r.check is not None:
+        from .npu.compile import CPU_QDQ_VS_FLOAT
+
         c = r.check
-        run.measure("npu_vs_cpu_sqnr", c.sqnr_db, "dB", c.runs_on, str(r.artifacts.get("context_binary", r.model)))
+        binary = str(r.artifacts.get("context_binary", r.model))
+        run.measure("npu_vs_cpu_sqnr", c.sqnr_db, "dB", c.runs_on, binary)
         if c.top1_agreement is not None:
             run.measure("npu_vs_cpu_top1_agreement", c.top1_agreement, "", c.runs_on, str(r.model))
+        if c.npu_vs_float_sqnr_db is not None:  # the NPU gate's figures
+            run.measure("npu_vs_float_sqnr", c.npu_vs_float_sqnr_db, "dB", c.runs_on, binary)
+            run.measure("cpu_qdq_vs_float_sqnr", c.qdq_vs_float_sqnr_db, "dB", CPU_QDQ_VS_FLOAT, str(r.model))
     run.measure("compile_seconds", r.seconds, "s", r.backend, str(r.model))
     run.results.append(r.to_json())
     if as_json:
@@ -395,6 +434,10 @@ def _show_compiled(run: Run, r, as_json: bool) -> None:
         t.add_row("NPU vs the same model on the CPU, SQNR", f"{c.sqnr_db:.2f} dB ({c.runs_on}; {c.inputs})")
         if c.top1_agreement is not None:
             t.add_row("NPU vs CPU top-1 agreement", f"{c.top1_agreement:.0%}")
+        if c.npu_vs_float_sqnr_db is not None:
+            t.add_row(f"SQNR vs float ({c.float_model})", f"NPU {c.npu_vs_float_sqnr_db:.2f} dB, "
+                      f"CPU QDQ {c.qdq_vs_float_sqnr_db:.2f} dB")
+        t.add_row("NPU gate", c.gate)
     t.add_row("versions", ", ".join(f"{k} {v}" for k, v in r.versions.items()))
     t.add_row("time", f"{r.seconds:.1f} s")
     Console().print(t)
@@ -425,6 +468,10 @@ def profile(
     out: Annotated[Path, typer.Option("--out", help="Results folder (run records, raw profiles).")] = Path("profiles/results"),
     arch: ArchOpt = None,
     allow_code_execution: UnsafeOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    crop_pct: CropPctOpt = None,
+    interpolation: InterpolationOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ):
@@ -435,6 +482,7 @@ def profile(
     run = Run("profile", as_json, debug)
 
     def body():
+        pp = _preprocess(mean, std, crop_pct, interpolation)
         if model is not None and ckpt is not None:
             raise UserError("give --model or --ckpt, not both")
         if model is None:
@@ -443,7 +491,7 @@ def profile(
             r = api.profile(model, out, device=device, backend=backend, ckpt=ckpt,
                             resolution=resolution, precision=precision, runs=runs,
                             threads=threads, hub_timeout_s=hub_timeout, arch=arch,
-                            allow_code_execution=allow_code_execution, step=step)
+                            allow_code_execution=allow_code_execution, preprocess=pp, step=step)
         for n in r.notices:
             run.notice(n)
         run.results.append(r.to_json())
@@ -499,6 +547,10 @@ def compare(
     eval_samples: Annotated[Optional[int], typer.Option("--eval-samples", help="Stratified subset of --eval (default: all).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Where compare.md / .json / .csv / .png go.")] = Path("profiles/results"),
     allow_code_execution: UnsafeOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    crop_pct: CropPctOpt = None,
+    interpolation: InterpolationOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ):
@@ -509,6 +561,7 @@ def compare(
     run = Run("compare", as_json, debug)
 
     def body():
+        pp = _preprocess(mean, std, crop_pct, interpolation)
         for fam, path in (("ViT-T", vit), ("SkipAt-T", skipat)):
             if path is None:
                 run.notice(f"no checkpoint for {fam}: using freshly initialised official "
@@ -518,7 +571,7 @@ def compare(
                             backend=backend, precision=precision, quant_backend=quant_backend,
                             runs=runs, threads=threads, hub_timeout_s=hub_timeout,
                             eval_dir=eval_dir, eval_labels=eval_labels, eval_samples=eval_samples,
-                            allow_code_execution=allow_code_execution, step=step)
+                            allow_code_execution=allow_code_execution, preprocess=pp, step=step)
         for n in r.notices:
             run.notice(n)
         for kind, path in r.files.items():
@@ -565,6 +618,10 @@ def evaluate(
     skip_indices: SkipOpt = None,
     head_dim: HeadDimOpt = 64,
     allow_code_execution: UnsafeOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    crop_pct: CropPctOpt = None,
+    interpolation: InterpolationOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ):
@@ -576,6 +633,7 @@ def evaluate(
     gate: list[str] = []
 
     def body():
+        pp = _preprocess(mean, std, crop_pct, interpolation)
         wanted = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets else None
         with run.progress(total=60) as step:
             r = api.evaluate(
@@ -585,7 +643,7 @@ def evaluate(
                 samples_per_job=samples_per_job, max_top1_drop=max_top1_drop, calib_dir=calib,
                 hub_timeout_s=hub_timeout, arch=arch,
                 skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
-                allow_code_execution=allow_code_execution, step=step)
+                allow_code_execution=allow_code_execution, preprocess=pp, step=step)
         for n in r.notices:
             run.notice(n)
         for kind, path in r.files.items():
@@ -629,6 +687,10 @@ def bundle(
     skip_indices: SkipOpt = None,
     head_dim: HeadDimOpt = 64,
     allow_code_execution: UnsafeOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    crop_pct: CropPctOpt = None,
+    interpolation: InterpolationOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ):
@@ -639,13 +701,14 @@ def bundle(
     run = Run("bundle", as_json, debug)
 
     def body():
+        pp = _preprocess(mean, std, crop_pct, interpolation)
         _notice_fresh(run, ckpt, arch, "bundling")
         with run.progress(total=40 * len(resolution)) as step:
             r = api.bundle(ckpt, out, devices=tuple(device), resolutions=tuple(resolution),
                            precision=precision, quant_backend=quant_backend, calib_dir=calib,
                            num_calib=num_calib, zip=zip_, arch=arch,
                            skip_indices=_ints(skip_indices, "--skip-indices"), head_dim=head_dim,
-                           allow_code_execution=allow_code_execution, step=step)
+                           allow_code_execution=allow_code_execution, preprocess=pp, step=step)
         for n in r.notices:
             run.notice(n)
         for folder, manifest in zip(r.folders, r.manifests):

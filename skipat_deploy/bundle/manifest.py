@@ -109,6 +109,8 @@ def io_contract(float_onnx: Path, qdq_onnx: Path) -> tuple[list[dict], list[dict
             "mean": pp.get("mean"),
             "std": pp.get("std"),
         }
+        if meta.get("preprocess_source"):  # given, read from the checkpoint, or a guess
+            t["preprocess"]["source"] = meta["preprocess_source"]
         t["quantization"] = quant.get(t["name"])
     outputs = _tensors(float_onnx, "output")
     for t in outputs:
@@ -143,31 +145,51 @@ def _file_entry(folder: Path, path: Path, role: str, **extra) -> dict:
             **{k: v for k, v in extra.items() if v is not None}}
 
 
-def write_manifest(folder: Path, q: QuantizeResult, compiled: list[CompileResult],
+def write_manifest(folder: Path, quantized: list[QuantizeResult], compiled: list[CompileResult],
                    cpu: CpuInt8Result | None = None) -> Path:
-    """Describe ``folder`` (which holds ``q``'s models and the ``compiled`` context binaries) in
-    ``manifest.json``; adds ``labels.txt`` for ImageNet heads. The manifest is validated against
-    its schema before it is written."""
+    """Describe ``folder`` (which holds the ``quantized`` models, one per Hexagon version, the
+    first device's first, and the ``compiled`` context binaries) in ``manifest.json``; adds
+    ``labels.txt`` for ImageNet heads. The manifest is validated against its schema before it
+    is written."""
+    from ..npu.compile import CPU_QDQ_VS_FLOAT
+
+    first = quantized[0]
     source = "cpu (onnxruntime, QDQ vs float PyTorch)"
-    files = [_file_entry(folder, q.float_onnx, "float_onnx"),
-             _file_entry(folder, q.qdq_onnx, "qdq_onnx", precision=q.precision)]
-    if q.aimet_dir is not None:
-        for f in sorted(q.aimet_dir.iterdir()):
-            role = "aimet_encodings" if f.suffix == ".encodings" else "aimet_onnx"
-            files.append(_file_entry(folder, f, role, precision=q.precision))
-    measurements = [_measure("sqnr_vs_float", q.quality.sqnr_db, "dB", source, q.qdq_onnx),
-                    _measure("cosine_vs_float_mean", q.quality.cosine_mean, "", source, q.qdq_onnx)]
-    if q.quality.top1_agreement is not None:
-        measurements.append(_measure("top1_agreement_vs_float", q.quality.top1_agreement, "",
-                                     source, q.qdq_onnx))
+    edges = io_quantization(first.qdq_onnx)  # the top-level inputs / outputs say these
+    files = [_file_entry(folder, first.float_onnx, "float_onnx")]
+    measurements = []
+    for q in quantized:
+        made_for = dict(precision=q.precision, hexagon=q.hexagon)
+        own = io_quantization(q.qdq_onnx)
+        files.append(_file_entry(folder, q.qdq_onnx, "qdq_onnx", **made_for,
+                                 io_quantization=own if own != edges else None))
+        if q.aimet_dir is not None:
+            for f in sorted(q.aimet_dir.iterdir()):
+                role = "aimet_encodings" if f.suffix == ".encodings" else "aimet_onnx"
+                files.append(_file_entry(folder, f, role, **made_for))
+        measurements += [_measure("sqnr_vs_float", q.quality.sqnr_db, "dB", source, q.qdq_onnx),
+                         _measure("cosine_vs_float_mean", q.quality.cosine_mean, "", source, q.qdq_onnx)]
+        if q.quality.top1_agreement is not None:
+            measurements.append(_measure("top1_agreement_vs_float", q.quality.top1_agreement, "",
+                                         source, q.qdq_onnx))
+    gated = set()  # QDQ models whose CPU figure on the gate's samples is already listed
     for c in compiled:
-        where = dict(device=c.device, soc=c.soc, hexagon=c.hexagon)
+        where = dict(device=c.device, soc=c.soc, hexagon=c.hexagon,
+                     qdq_model=c.model.relative_to(folder).as_posix())
+        binary = c.artifacts["context_binary"]
         files.append(_file_entry(folder, c.artifacts["context_onnx"], "context_onnx", **where))
         sdk = c.versions.get("qnn_sdk")
-        files.append(_file_entry(folder, c.artifacts["context_binary"], "context_binary", **where,
+        files.append(_file_entry(folder, binary, "context_binary", **where,
                                  qnn_sdk=sdk, min_runtime=min_runtime(sdk)))
-        measurements.append(_measure("npu_vs_cpu_sqnr", c.check.sqnr_db, "dB", c.check.runs_on,
-                                     c.artifacts["context_binary"]))
+        check = c.check
+        measurements.append(_measure("npu_vs_cpu_sqnr", check.sqnr_db, "dB", check.runs_on, binary))
+        if check.npu_vs_float_sqnr_db is not None:  # the NPU gate's figures, same samples
+            measurements.append(_measure("npu_vs_float_sqnr", check.npu_vs_float_sqnr_db, "dB",
+                                         check.runs_on, binary))
+            if c.model not in gated:
+                gated.add(c.model)
+                measurements.append(_measure("cpu_qdq_vs_float_sqnr", check.qdq_vs_float_sqnr_db,
+                                             "dB", CPU_QDQ_VS_FLOAT, c.model))
     if cpu is not None:  # the fallback where there is no NPU: ONNX Runtime's integer kernels
         files.append(_file_entry(folder, cpu.path, "cpu_int8_onnx", precision="int8"))
         cpu_source = "cpu (onnxruntime, CPU INT8 vs float PyTorch)"
@@ -175,12 +197,12 @@ def write_manifest(folder: Path, q: QuantizeResult, compiled: list[CompileResult
         if cpu.quality.top1_agreement is not None:
             measurements.append(_measure("top1_agreement_vs_float", cpu.quality.top1_agreement, "",
                                          cpu_source, cpu.path))
-    meta = read_metadata(q.float_onnx)
+    meta = read_metadata(first.float_onnx)
     if meta["num_classes"] == 1000:
         labels = folder / "labels.txt"
         labels.write_text("\n".join(imagenet_classes()) + "\n")
         files.append(_file_entry(folder, labels, "labels"))
-    inputs, outputs = io_contract(q.float_onnx, q.qdq_onnx)
+    inputs, outputs = io_contract(first.float_onnx, first.qdq_onnx)
     manifest = {
         "schema": "skipat-deploy/manifest",
         "schema_version": SCHEMA_VERSION,

@@ -8,7 +8,8 @@ atomically (nothing sits at the final path until it has passed every check). Per
    cannot run ``Erf``);
 3. ``onnx.checker`` (full check);
 4. onnxsim, and a numeric check that simplified == unsimplified;
-5. metadata (architecture, grid, skip indices, pre-processing, source checkpoint sha256, versions);
+5. metadata (architecture, grid, skip indices, pre-processing and where it came from, source
+   checkpoint sha256, versions);
 6. validation against PyTorch on fixed inputs: names, then shapes, then values.
 """
 
@@ -70,6 +71,7 @@ class ExportResult:
     simplify_max_abs_diff: float | None
     num_nodes: int
     metadata: dict = field(repr=False, default_factory=dict)
+    notices: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -136,6 +138,8 @@ def model_metadata(ckpt: LoadedCheckpoint, resolution: int, cfg: ExportConfig) -
         "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32"},
         "output": {"name": output_name(ckpt), "dtype": "float32"},
         "preprocess": ckpt.spec.preprocess.to_dict(),
+        # "given", "checkpoint:<where>" or "default:<spec> (a guess)" (per value when they differ)
+        "preprocess_source": ckpt.spec.preprocess.source,
         "source": source,
         "opset": cfg.opset,
     }

@@ -35,6 +35,10 @@ class ModelSpec:
     tolerance: Tolerance = field(default_factory=Tolerance)
     doc: str = ""
 
+    def __post_init__(self) -> None:
+        # Values nobody gave and no checkpoint carried are this spec's guess, and say so.
+        object.__setattr__(self, "preprocess", self.preprocess.defaulting_to(self.name))
+
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
