@@ -17,6 +17,7 @@ from skipat_deploy.quant import equalize, gptq
 from skipat_deploy.cli import app
 from skipat_deploy.errors import UserError
 from skipat_deploy.export import read_metadata
+from skipat_deploy.files import sha256_file
 from skipat_deploy.preprocess import Preprocess
 from skipat_deploy.models.config import VIT, ArchConfig
 from skipat_deploy.models.registry import build_model
@@ -54,11 +55,10 @@ def _files(folder):
 def test_aimet_w8a16_artifacts_and_report(tmp_path, nano_ckpts, photos):
     r = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path, precision="w8a16",
                      calib_dir=photos, **FAST)
+    tag = "vit_nano_patch16_224_w8a16_v69"  # precision and the Hexagon version it was made for
     assert _files(tmp_path) == sorted([
-        "vit_nano_patch16_224.onnx", "vit_nano_patch16_224_w8a16.qdq.onnx",
-        "vit_nano_patch16_224_w8a16.aimet/model.onnx",
-        "vit_nano_patch16_224_w8a16.aimet/model.encodings",
-        "vit_nano_patch16_224_w8a16.quant.json", "vit_nano_patch16_224_w8a16.layers.csv"])
+        "vit_nano_patch16_224.onnx", f"{tag}.qdq.onnx", f"{tag}.aimet/model.onnx",
+        f"{tag}.aimet/model.encodings", f"{tag}.quant.json", f"{tag}.layers.csv"])
     enc = json.loads((r.aimet_dir / "model.encodings").read_text())
     assert enc["version"] == "2.0.0" and enc["encodings"]
     ops = {n.op_type for n in onnx.load(str(r.qdq_onnx)).graph.node}
@@ -75,6 +75,9 @@ def test_aimet_w8a16_artifacts_and_report(tmp_path, nano_ckpts, photos):
     assert report["device"] == "Galaxy S22" and report["hexagon"] == "v69"
     meta = read_metadata(r.qdq_onnx)
     assert meta["quantization"]["precision"] == "w8a16" and meta["resolution"] == 224
+    assert (meta["quantization"]["hexagon"], meta["quantization"]["backend"]) == ("v69", "aimet")
+    assert meta["quantization"]["float_onnx"] == {"file": "vit_nano_patch16_224.onnx",
+                                                  "sha256": sha256_file(r.float_onnx)}
     # all 16-bit: nothing to promote, so no per-layer pass; the weights' own noise is reported
     assert r.sensitivity == [] and r.noise_png is None and 25 < r.weights_only_sqnr_db < 100
     assert not r.rotated  # w8a16: weights dominate, rotation is off by default
@@ -89,7 +92,7 @@ def test_aimet_mixed_promotes_at_most_a_quarter_skipat(tmp_path, nano_ckpts, pho
     for layer in r.promoted:  # a 16-bit softmax is read at 16 bit, never requantized to 8
         if layer.endswith("softmax"):
             assert layer.replace("softmax", "av_matmul") in r.promoted
-    rows = (tmp_path / "skipat_nano_patch16_224_mixed.layers.csv").read_text().splitlines()
+    rows = (tmp_path / "skipat_nano_patch16_224_mixed_v69.layers.csv").read_text().splitlines()
     promoted_rows = [row for row in rows[1:] if row.endswith(",1")]
     assert len(promoted_rows) == len(r.promoted)
     assert all(row.split(",")[1] == "16" for row in promoted_rows)
@@ -127,7 +130,7 @@ def test_ort_backend_and_384(tmp_path, nano_ckpts, photos):
     r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, resolution=384,
                      precision="w8a8", backend="ort", calib_dir=photos, **FAST)
     assert r.aimet_dir is None and r.sim_quality is None and r.rotated
-    assert r.qdq_onnx.name == "skipat_nano_patch16_384_w8a8_ort.qdq.onnx"
+    assert r.qdq_onnx.name == "skipat_nano_patch16_384_w8a8_v69_ort.qdq.onnx"
     m = onnx.load(str(r.qdq_onnx))
     assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 384, 384]
     assert _q_types(r.qdq_onnx)["UINT8"] > 0 and not _q_types(r.qdq_onnx)["UINT16"]
@@ -320,28 +323,28 @@ def test_qdq_weights_are_stored_as_integers(tmp_path, nano_ckpts, photos):
 
 def test_inputs_of_gelu_stop_at_its_floor():
     """A producer read only by a GELU keeps no range below -4, where GELU is flat."""
-    from skipat_deploy.quant import aimet
+    from skipat_deploy.quant.aimet import fixes, sim as aimet_sim
 
     arch = ArchConfig(VIT, 64, 2, 1, num_classes=10)
     model = build_model(arch)
     model.load_state_dict(random_state_dict(arch, seed=4))
     with torch.no_grad():
         model.blocks[0].mlp.fc1.bias.fill_(-6.0)  # a range reaching far below GELU's floor
-    names = aimet.gelu_only_producers(model)
+    names = fixes.gelu_only_producers(model)
     assert names == ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1"]
     x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(4))
-    sim = aimet.build_sim(model.eval(), x[:1], aimet.SimPlan(8), "htp_v69")
-    aimet.calibrate(sim, [x])
+    sim = aimet_sim.build_sim(model.eval(), x[:1], aimet_sim.SimPlan(8), "htp_v69")
+    aimet_sim.calibrate(sim, [x])
     q = sim.model.blocks[0].mlp.fc1.output_quantizers[0]
     top = float(q.get_max().detach())
     assert float(q.get_min().detach()) < -5
-    aimet.floor_gelu_inputs(sim, names)
+    fixes.floor_gelu_inputs(sim, names)
     low, high = float(q.get_min().detach()), float(q.get_max().detach())
     assert low == pytest.approx(-4.0, abs=0.05) and high == pytest.approx(top, rel=0.02)
 
 
 def test_promotion_takes_whole_groups_within_the_budget():
-    from skipat_deploy.quant.aimet import choose_promoted
+    from skipat_deploy.quant.aimet.mixed import choose_promoted
 
     rows = [("a", 8, 20.0), ("b", 8, 22.0), ("c", 8, 25.0), ("d", 8, 40.0)]
     share = {"a": 0.5, "b": 0.3, "c": 0.199, "d": 0.001}
@@ -352,25 +355,25 @@ def test_promotion_takes_whole_groups_within_the_budget():
 
 def _tiny_sim(seed: int):
     """A two-block ViT and its calibrated 8-bit simulation (with split attention, as quantized)."""
-    from skipat_deploy.quant import aimet
+    from skipat_deploy.quant.aimet import sim as aimet_sim
 
     arch = ArchConfig(VIT, 64, 2, 2, num_classes=10)
     model = build_model(arch)
     model.load_state_dict(random_state_dict(arch, seed=seed))
     equalize.split_qkv(model.eval())
     x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
-    sim = aimet.build_sim(model, x[:1], aimet.SimPlan(8), "htp_v69")
-    aimet.calibrate(sim, [x])
+    sim = aimet_sim.build_sim(model, x[:1], aimet_sim.SimPlan(8), "htp_v69")
+    aimet_sim.calibrate(sim, [x])
     return model, sim, x
 
 
 def test_softmax_ranges_minimise_the_error_of_p_times_v():
     """The fitted max is the one of the grid that minimises |q(P) V - P V| (checked here by an
     independent search), so never worse than the calibrated range or [0, 1]."""
-    from skipat_deploy.quant import aimet
+    from skipat_deploy.quant.aimet import fixes
 
     model, sim, x = _tiny_sim(seed=5)
-    pairs = aimet.softmax_value_pairs(model)
+    pairs = fixes.softmax_value_pairs(model)
     assert pairs == {f"blocks.{i}.attn.softmax": f"blocks.{i}.attn.av_matmul" for i in range(2)}
     captured = {}
 
@@ -386,7 +389,7 @@ def test_softmax_ranges_minimise_the_error_of_p_times_v():
     for h in hooks:
         h.remove()
     before = {n: float(mods[n].output_quantizers[0].get_max().detach()) for n in pairs}
-    aimet.fit_softmax_ranges(sim, pairs, x)
+    fixes.fit_softmax_ranges(sim, pairs, x)
 
     def error(sm, hi):
         p = torch.softmax(captured[sm][0], -1)
@@ -398,7 +401,7 @@ def test_softmax_ranges_minimise_the_error_of_p_times_v():
         q = mods[sm].output_quantizers[0]
         hi = float(q.get_max().detach())
         assert float(q.get_min().detach()) == 0.0
-        grid = (before[sm] * aimet.SOFTMAX_MAX_FACTORS).tolist()
+        grid = (before[sm] * fixes.SOFTMAX_MAX_FACTORS).tolist()
         best = min(grid, key=lambda g: error(sm, g))
         assert hi == pytest.approx(best, rel=1e-6)
         assert error(sm, hi) <= min(error(sm, before[sm]), error(sm, 1.0))
@@ -408,7 +411,7 @@ def test_bias_correction_removes_the_mean_error():
     """After sequential bias correction every corrected layer's mean output error against the
     float model is a small fraction of what it was, and the output is closer to float."""
     from skipat_deploy.metrics import sqnr_db
-    from skipat_deploy.quant import aimet
+    from skipat_deploy.quant.aimet import fixes
 
     model, sim, x = _tiny_sim(seed=6)
     smods, fmods = dict(sim.model.named_modules()), dict(model.named_modules())
@@ -439,7 +442,7 @@ def test_bias_correction_removes_the_mean_error():
         return errs, sqnr_db(outs["fy"], outs["sy"])
 
     before, sqnr_before = mean_errors()
-    corrected = aimet.correct_biases(sim, model, x)
+    corrected = fixes.correct_biases(sim, model, x)
     assert "blocks.0.attn.q" in corrected and "head" in corrected
     after, sqnr_after = mean_errors()
     for n in ("blocks.0.attn.q", "blocks.1.attn.q", "blocks.0.mlp.fc2", "blocks.1.mlp.fc2"):

@@ -43,7 +43,10 @@ def _quantize(float_onnx, out_path, calib, input_name, activation_bw, batch_size
         float_onnx,
         Reader(),
         activation_type=QuantType.QUInt16 if activation_bw == 16 else QuantType.QUInt8,
-        weight_type=QuantType.QUInt8,
+        # signed symmetric weights, as AIMET writes them: only for those does ONNX Runtime raise a
+        # weight channel's scale where its int32 bias would saturate (a head's all-zero rows
+        # with bias -10 read ~0 with uint8 weights)
+        weight_type=QuantType.QInt8,
         per_channel=True,
     )
     quantize(float_onnx, out_path, config)

@@ -3,10 +3,13 @@
 :func:`quantize` takes a checkpoint to, in ``out_dir``:
 
 * ``<stem>_<res>.onnx``: the float model (the export step);
-* ``<stem>_<res>_<precision>[_ort].qdq.onnx``: a QDQ model for ONNX Runtime's CPU and QNN
-  providers, checked against the AIMET simulation on the evaluation images;
-* ``<stem>_<res>_<precision>.aimet/``: float ONNX + encodings 2.0.0, what AI Hub takes (AIMET);
-* ``….quant.json`` and ``….layers.csv``: the quality report and per-layer sensitivity.
+* ``<stem>_<res>_<precision>_<hexagon>[_ort].qdq.onnx`` (e.g. ``vit_t_224_w8a16_v69.qdq.onnx``):
+  a QDQ model for ONNX Runtime's CPU and QNN providers, checked against the AIMET simulation on
+  the evaluation images. The name and the metadata say the Hexagon version it was made for, so
+  models for several targets live side by side, and ``compile`` refuses it for another version;
+* ``<tag>.aimet/``: float ONNX + encodings 2.0.0, what AI Hub takes (AIMET);
+* ``<tag>.quant.json``, ``<tag>.layers.csv``, ``<tag>.noise.png``: the quality report and
+  per-layer sensitivity.
 
 Precisions: ``w8a8`` and ``w8a16`` (8-bit per-channel weights, 8- or 16-bit activations) and
 ``mixed``: 8-bit activations except the most sensitive layers (at most a quarter of the
@@ -48,7 +51,15 @@ BACKENDS = ("aimet", "ort")
 # noise against float exceeds the simulation's by more than the simulation's whole noise (the
 # export at least doubled the error): a QDQ model as good as the simulation always passes,
 # whatever the photos, and the margin scales with the precision instead of being a fixed dB gap.
+# The NPU gate (npu.compile) holds the compiled binary to the CPU QDQ model by the same rule.
 QDQ_EXCESS_NOISE_DB = 10 * np.log10(2.0)
+
+
+def noise_more_than_doubled(sqnr_db: float, reference_sqnr_db: float) -> bool:
+    """Whether a model's noise against float exceeds a reference model's noise against float
+    by more than that whole noise again (SQNRs in dB; see :data:`QDQ_EXCESS_NOISE_DB`)."""
+    return sqnr_db < reference_sqnr_db - QDQ_EXCESS_NOISE_DB
+
 
 @dataclass(frozen=True)
 class QuantizeConfig:
@@ -133,7 +144,7 @@ def check_reproduces_simulation(qdq: Path, q: Quality, sim: Quality, qdq_vs_sim_
                                 max_abs_diff: float) -> None:
     """Raise :class:`ExportValidationError` when the QDQ model is clearly worse than the
     simulation it was exported from (see :data:`QDQ_EXCESS_NOISE_DB`)."""
-    if q.sqnr_db >= sim.sqnr_db - QDQ_EXCESS_NOISE_DB:
+    if not noise_more_than_doubled(q.sqnr_db, sim.sqnr_db):
         return
     raise ExportValidationError(
         str(qdq), [f"the QDQ ONNX is clearly worse than the AIMET simulation it was exported "
@@ -180,13 +191,15 @@ def float_reference(ckpt: LoadedCheckpoint, cfg, notices: list[str], step: Calla
     return calib_set, eval_set, xc, xe, model, ref
 
 
-def _metadata(float_meta: dict, precision: str, backend: str, device, promoted: list[str],
+def _metadata(float_res, precision: str, backend: str, device, promoted: list[str],
               calib_source: str) -> str:
-    """The float export's metadata plus what the quantization did."""
-    meta = dict(float_meta)
+    """The float export's metadata plus what the quantization did and which float model it
+    started from (written beside it, by name and sha256: the NPU gate's reference)."""
+    meta = dict(float_res.metadata)
     meta["quantization"] = dict(precision=precision, backend=backend, device=device.name,
                                 soc=device.soc, hexagon=device.hexagon,
-                                activations_16bit=promoted, calibration=calib_source)
+                                activations_16bit=promoted, calibration=calib_source,
+                                float_onnx=dict(file=float_res.path.name, sha256=float_res.sha256))
     return json.dumps(meta, sort_keys=True)
 
 
@@ -213,7 +226,7 @@ def quantize(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = artifact_name(ckpt, res, 1).removesuffix(".onnx")
-    tag = f"{base}_{cfg.precision}" + ("_ort" if cfg.backend == "ort" else "")
+    tag = f"{base}_{cfg.precision}_{device.hexagon}" + ("_ort" if cfg.backend == "ort" else "")
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".quantize-") as tmp_s:
         tmp = Path(tmp_s)
         step("exporting the float model")
@@ -256,7 +269,7 @@ def quantize(
             step("onnxruntime.quantization (QNN QDQ config)")
             quantize_ort(str(source), str(qdq), xc, INPUT_NAME,
                          16 if cfg.precision == "w8a16" else 8, 1)
-        _set_metadata(qdq, _metadata(float_res.metadata, cfg.precision, cfg.backend, device, promoted,
+        _set_metadata(qdq, _metadata(float_res, cfg.precision, cfg.backend, device, promoted,
                                      calib_set.source))
         step("evaluating the QDQ ONNX on the CPU")
         q_out = run_qdq_cpu(qdq, xe)
