@@ -341,7 +341,7 @@ def compile_(
     backend: Annotated[str, typer.Option(help="local (offline, onnxruntime-qnn) or hub (Qualcomm AI Hub).")] = "local",
     target_runtime: Annotated[str, typer.Option(help="AI Hub target: qnn_context_binary, precompiled_qnn_onnx, onnx or tflite.")] = "qnn_context_binary",
     qairt_version: Annotated[Optional[str], typer.Option(help="Pin AI Hub's QAIRT compiler version, e.g. 2.40.")] = None,
-    num_check: Annotated[int, typer.Option(help="Samples run on the HTP simulator and compared with the CPU QDQ model (local).")] = 2,
+    num_check: Annotated[int, typer.Option(help="Held-out photos run on the HTP simulator and compared with the CPU QDQ model and the float model (local; the NPU gate).")] = 2,
     hub_timeout: HubTimeoutOpt = 3600.0,
     resolution: Annotated[int, typer.Option(help="With --ckpt: input size in px.")] = 224,
     precision: Annotated[str, typer.Option(help="With --ckpt: w8a8, w8a16 or mixed (quantized), or fp16 (the float model in float16 on the HTP, on targets that can). With --model: fp16 for a float .onnx.")] = "w8a16",

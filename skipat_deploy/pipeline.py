@@ -204,10 +204,10 @@ class BundleResult:
 
 def bundle(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: BundleConfig = BundleConfig(),
            step: Step = _quiet) -> BundleResult:
-    """One app bundle folder per resolution in ``out_dir``: quantize, compile for every device,
-    add the CPU INT8 model as the fallback where there is no NPU, describe it all in the
-    manifest. Each folder is built in a temporary place and moved in only
-    when complete."""
+    """One app bundle folder per resolution in ``out_dir``: quantize once per Hexagon version
+    among the devices, compile each device from the model of its version, add the CPU INT8
+    model as the fallback where there is no NPU, describe it all in the manifest. Each folder
+    is built in a temporary place and moved in only when complete."""
     t0 = time.perf_counter()
     devices = [resolve_device(d) for d in cfg.devices]
     for r in cfg.resolutions:
@@ -220,22 +220,28 @@ def bundle(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: BundleConfig = Bund
         final = out_dir / name
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".bundle-") as tmp_s:
             folder = Path(tmp_s) / name
-            q: QuantizeResult = quantize(ckpt, folder, QuantizeConfig(
-                resolution=res, precision=cfg.precision, backend=cfg.quant_backend,
-                device=devices[0].name, calib_dir=cfg.calib_dir, num_calib=cfg.num_calib), step)
-            result.notices.extend(n for n in q.notices if n not in result.notices)
+            quantized: dict[str, QuantizeResult] = {}  # Hexagon version -> its QDQ model
             compiled = []
             for dev in devices:
+                if dev.hexagon not in quantized:
+                    step(f"quantizing for Hexagon {dev.hexagon}")
+                    quantized[dev.hexagon] = quantize(ckpt, folder, QuantizeConfig(
+                        resolution=res, precision=cfg.precision, backend=cfg.quant_backend,
+                        device=dev.name, calib_dir=cfg.calib_dir, num_calib=cfg.num_calib), step)
+                q = quantized[dev.hexagon]
                 step(f"compiling for {dev.name} ({dev.soc})")
                 c = compile_local(q.qdq_onnx, folder, CompileConfig(device=dev.name), step)
                 c.record.unlink()  # the manifest carries what the record says
                 compiled.append(c)
+            for made in [*quantized.values(), *compiled]:
+                result.notices.extend(n for n in made.notices if n not in result.notices)
             cpu = quantize_cpu(ckpt, folder, CpuInt8Config(resolution=res, calib_dir=cfg.calib_dir,
                                                            num_calib=min(cfg.num_calib, 32)), step)
-            for extra in (q.report_json, q.layers_csv, q.noise_png, cpu.report):
+            for extra in [*(f for q in quantized.values()
+                             for f in (q.report_json, q.layers_csv, q.noise_png)), cpu.report]:
                 if extra is not None:
                     extra.unlink()
-            write_manifest(folder, q, compiled, cpu)
+            write_manifest(folder, list(quantized.values()), compiled, cpu)
             if final.exists():
                 shutil.rmtree(final)
             shutil.move(str(folder), final)

@@ -36,12 +36,11 @@ def _manifest(folder):
 def test_bundle_holds_every_artifact_and_a_valid_manifest(built):
     (folder,) = built.folders
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    stem = "skipat_nano_patch16_224"
+    stem, tag = "skipat_nano_patch16_224", "skipat_nano_patch16_224_w8a16_v69"
     assert names == sorted([
-        f"{stem}.onnx", f"{stem}.cpu_int8.onnx", f"{stem}_w8a16.qdq.onnx",
-            f"{stem}_w8a16.aimet/model.onnx",
-        f"{stem}_w8a16.aimet/model.encodings", f"{stem}_w8a16.sm8450.ctx.onnx",
-        f"{stem}_w8a16.sm8450.ctx_qnn.bin", "labels.txt", "manifest.json"])
+        f"{stem}.onnx", f"{stem}.cpu_int8.onnx", f"{tag}.qdq.onnx", f"{tag}.aimet/model.onnx",
+        f"{tag}.aimet/model.encodings", f"{tag}.sm8450.ctx.onnx", f"{tag}.sm8450.ctx_qnn.bin",
+        "labels.txt", "manifest.json"])
     m = _manifest(folder)
     jsonschema.validate(m, manifest_schema())
     roles = {f["role"] for f in m["files"]}
@@ -51,6 +50,9 @@ def test_bundle_holds_every_artifact_and_a_valid_manifest(built):
     assert "cpu_int8" in cpu["path"] and cpu["precision"] == "int8"
     (binary,) = [f for f in m["files"] if f["role"] == "context_binary"]
     assert (binary["device"], binary["soc"], binary["hexagon"]) == ("Galaxy S22", "SM8450", "v69")
+    assert binary["qdq_model"] == f"{tag}.qdq.onnx"
+    (qdq,) = [f for f in m["files"] if f["role"] == "qdq_onnx"]
+    assert (qdq["precision"], qdq["hexagon"]) == ("w8a16", "v69") and "io_quantization" not in qdq
     assert binary["qnn_sdk"] == m["tools"]["qnn_sdk"] and binary["qnn_sdk"] in binary["min_runtime"]
     (inp,) = m["inputs"]
     assert inp["shape"] == [1, 3, 224, 224] and inp["layout"] == "NCHW"
@@ -62,6 +64,9 @@ def test_bundle_holds_every_artifact_and_a_valid_manifest(built):
     assert m["tools"]["qnn_sdk"] and m["tools"]["aimet_torch"]
     sources = {x["name"]: x["source"] for x in m["measurements"]}
     assert "HTP simulator" in sources["npu_vs_cpu_sqnr"] and "cpu" in sources["sqnr_vs_float"]
+    # the NPU gate's figures: the simulator's output against float, beside the CPU QDQ model's
+    assert sources["npu_vs_float_sqnr"] == "QNN HTP simulator (onnxruntime-qnn, x86-64)"
+    assert sources["cpu_qdq_vs_float_sqnr"].startswith("cpu")
     assert (folder / "labels.txt").read_text().splitlines()[0] == "tench"
     assert built.zips[0].is_file() and built.zips[0].stat().st_size > 0
 
@@ -116,6 +121,36 @@ def test_cli_verify_fails_in_one_line_naming_the_binary(built, tmp_path):
     (line,) = res.output.strip().splitlines()
     assert line.startswith(f"error: {binary}:")
     assert CliRunner().invoke(app, ["verify", str(built.folders[0])]).exit_code == 0
+
+
+def test_bundle_quantizes_once_per_hexagon_version(tmp_path, nano_ckpts, monkeypatch):
+    """The S22 and the XR2 Gen 2 (QCS8450) are v69, the S24 v75: two QDQ models, each binary
+    compiled from the one of its version."""
+    from skipat_deploy import pipeline
+
+    versions = []
+    real = pipeline.quantize
+
+    def counted(ckpt, out_dir, cfg, step):
+        versions.append(cfg.device)
+        return real(ckpt, out_dir, cfg, step)
+
+    monkeypatch.setattr(pipeline, "quantize", counted)
+    r = api.bundle(nano_ckpts["vit_nano_patch16"], tmp_path,
+                   devices=("Galaxy S22", "Galaxy S24", "QCS8450"), precision="w8a8",
+                   quant_backend="ort", num_calib=8)
+    assert versions == ["Galaxy S22", "Galaxy S24"]
+    (folder,) = r.folders
+    m = _manifest(folder)
+    qdq = {f["hexagon"]: f["path"] for f in m["files"] if f["role"] == "qdq_onnx"}
+    assert qdq == {"v69": "vit_nano_patch16_224_w8a8_v69_ort.qdq.onnx",
+                   "v75": "vit_nano_patch16_224_w8a8_v75_ort.qdq.onnx"}
+    binaries = [f for f in m["files"] if f["role"] == "context_binary"]
+    assert [(b["soc"], b["qdq_model"]) for b in binaries] == [
+        ("SM8450", qdq["v69"]), ("SM8650", qdq["v75"]), ("QCS8450", qdq["v69"])]
+    gated = [x for x in m["measurements"] if x["name"] == "npu_vs_float_sqnr"]
+    assert sorted(x["subject"] for x in gated) == sorted(b["path"] for b in binaries)
+    assert api.verify(folder).files_checked == len(m["files"])
 
 
 def test_bundle_bad_input_leaves_nothing(tmp_path, nano_ckpts):

@@ -22,11 +22,24 @@ FAST = dict(num_calib=8, num_eval=4)
 
 
 @pytest.fixture(scope="module")
-def qdq(tmp_path_factory, nano_ckpts):
-    """A w8a16 QDQ SkipAt nano model (ONNX Runtime quantization: seconds)."""
+def qdq_for(tmp_path_factory, nano_ckpts):
+    """device -> a w8a16 QDQ SkipAt nano model quantized for it (ONNX Runtime quantization:
+    seconds), made once per device, all in one folder."""
     d = tmp_path_factory.mktemp("qdq")
-    return api.quantize(nano_ckpts["skipat_nano_patch16"], d, precision="w8a16", backend="ort",
-                        **FAST).qdq_onnx
+    made = {}
+
+    def make(device):
+        if device not in made:
+            made[device] = api.quantize(nano_ckpts["skipat_nano_patch16"], d, precision="w8a16",
+                                        backend="ort", device=device, **FAST).qdq_onnx
+        return made[device]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def qdq(qdq_for):
+    return qdq_for("Galaxy S22")
 
 
 def _files(folder):
@@ -38,7 +51,7 @@ def test_local_compile_writes_a_context_binary_that_runs_on_the_htp(tmp_path, qd
     from skipat_deploy.npu.qnn import htp_session
 
     r = compile_local(qdq, tmp_path, CompileConfig(device="s22"))
-    stem = "skipat_nano_patch16_224_w8a16_ort.sm8450"
+    stem = "skipat_nano_patch16_224_w8a16_v69_ort.sm8450"
     assert _files(tmp_path) == sorted([f"{stem}.ctx.onnx", f"{stem}.ctx_qnn.bin", f"{stem}.compile.json"])
     # The EPContext model points at the .bin by its relative name and loads, strictly, from
     # the output folder.
@@ -58,6 +71,84 @@ def test_local_compile_writes_a_context_binary_that_runs_on_the_htp(tmp_path, qd
     assert record["soc"] == "SM8450" and record["hexagon"] == "v69"
     assert record["check"]["sqnr_db"] == pytest.approx(r.check.sqnr_db)
     assert record["versions"]["qnn_sdk"]
+    # The NPU gate: the float model beside the QDQ model (named in its metadata) is the reference.
+    assert r.check.float_model == "skipat_nano_patch16_224.onnx" and r.check.gate == "passed"
+    assert record["check"]["npu_vs_float_sqnr_db"] == pytest.approx(r.check.npu_vs_float_sqnr_db)
+    assert r.notices == []
+
+
+def test_aimet_w8a8_binary_passes_the_npu_gate_against_float(tmp_path, nano_ckpts):
+    """The NPU (HTP simulator), the CPU QDQ model and the float model on the same held-out
+    photos: the NPU's noise against float is within double the CPU QDQ model's."""
+    from skipat_deploy.quant.quantize import QDQ_EXCESS_NOISE_DB
+
+    q = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path, precision="w8a8", **FAST)
+    r = compile_local(q.qdq_onnx, tmp_path / "out", CompileConfig(device="Galaxy S22"))
+    c = r.check
+    assert c.float_model == q.float_onnx.name and c.gate == "passed" and "real photos" in c.inputs
+    assert np.isfinite(c.npu_vs_float_sqnr_db) and np.isfinite(c.qdq_vs_float_sqnr_db)
+    assert c.npu_vs_float_sqnr_db >= c.qdq_vs_float_sqnr_db - QDQ_EXCESS_NOISE_DB
+
+
+def test_a_broken_npu_output_is_refused_and_nothing_is_written(tmp_path, qdq, monkeypatch):
+    from skipat_deploy.npu import compile as compile_mod
+
+    real = compile_mod.run_htp
+
+    def broken(sess, x):  # what a mis-compiled binary would compute: mostly noise
+        y = real(sess, x)
+        return y + 3 * y.std() * np.random.default_rng(0).standard_normal(y.shape).astype(y.dtype)
+
+    monkeypatch.setattr(compile_mod, "run_htp", broken)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["compile", "--model", str(qdq), "--out", str(out)])
+    assert res.exit_code == 4, res.output
+    (line,) = res.output.strip().splitlines()
+    assert line.startswith("error: skipat_nano_patch16_224_w8a16_v69_ort.sm8450.ctx_qnn.bin refused "
+                           "by the NPU gate") and "vs the float model" in line, line
+    assert "CPU QDQ model" in line and line.count(" dB") >= 3
+    assert _files(out) == []
+
+
+def test_models_for_two_targets_live_side_by_side(qdq_for):
+    from skipat_deploy.export import read_metadata
+    from skipat_deploy.files import sha256_file
+
+    s22, s24 = qdq_for("Galaxy S22"), qdq_for("Galaxy S24")
+    assert s22.parent == s24.parent and s22.is_file() and s24.is_file()
+    assert (s22.name, s24.name) == ("skipat_nano_patch16_224_w8a16_v69_ort.qdq.onnx",
+                                    "skipat_nano_patch16_224_w8a16_v75_ort.qdq.onnx")
+    for path, hexagon in ((s22, "v69"), (s24, "v75")):
+        meta = read_metadata(path)["quantization"]
+        assert (meta["hexagon"], meta["precision"], meta["backend"]) == (hexagon, "w8a16", "ort")
+        # both name the one float model beside them (re-exported byte for byte)
+        float_onnx = path.parent / meta["float_onnx"]["file"]
+        assert sha256_file(float_onnx) == meta["float_onnx"]["sha256"]
+
+
+def test_a_model_for_another_hexagon_version_is_one_line(tmp_path, qdq_for):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["compile", "--model", str(qdq_for("Galaxy S24")),
+                                   "--device", "Galaxy S22", "--out", str(out)])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [
+        "error: skipat_nano_patch16_224_w8a16_v75_ort.qdq.onnx was quantized for Hexagon v75 but "
+        "Galaxy S22 has v69: quantize for it (--device) or compile with --ckpt"]
+    assert not out.exists()
+
+
+def test_a_foreign_qdq_model_compiles_with_notices(tmp_path, qdq):
+    """No skipat-deploy metadata: the Hexagon version and the float model are unknown."""
+    m = onnx.load(str(qdq))
+    del m.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(m, str(foreign))
+    r = compile_local(foreign, tmp_path / "out", CompileConfig(device="Galaxy S22", num_check=1))
+    target, gate = r.notices
+    assert "does not say which Hexagon version" in target and "Galaxy S22 (Hexagon v69)" in target
+    assert gate.startswith("the NPU gate did not run: foreign.onnx does not name the float model")
+    assert r.check.gate.startswith("not run:") and r.check.npu_vs_float_sqnr_db is None
+    assert json.loads(r.record.read_text())["check"]["gate"] == r.check.gate
 
 
 def _erf_model(path):
@@ -130,6 +221,11 @@ def test_cli_compile_from_a_checkpoint_json(tmp_path, nano_ckpts):
     names = {m["name"]: m for m in doc["measurements"]}
     assert "HTP simulator" in names["npu_vs_cpu_sqnr"]["source"]
     assert np.isfinite(names["npu_vs_cpu_sqnr"]["value"])
+    # the NPU gate's figures, the NPU's from the simulator, never presented as phone data
+    assert names["npu_vs_float_sqnr"]["source"] == "QNN HTP simulator (onnxruntime-qnn, x86-64)"
+    assert names["cpu_qdq_vs_float_sqnr"]["source"].startswith("cpu")
+    (result,) = doc["results"]
+    assert result["check"]["gate"] == "passed"
     assert not any("latency" in m["name"] for m in doc["measurements"])
 
 
@@ -172,7 +268,7 @@ def test_hub_not_configured_is_one_line_and_quick(tmp_path, qdq, monkeypatch):
 
 def test_hub_compile_downloads_the_binary_and_records_the_job(tmp_path, qdq, hub):
     r = _hub_compile(qdq, tmp_path, qairt_version="2.40")
-    stem = "skipat_nano_patch16_224_w8a16_ort.sm8450"
+    stem = "skipat_nano_patch16_224_w8a16_v69_ort.sm8450"
     (job,) = hub.jobs.values()
     assert job.kind == "compile" and job.device_name == "Samsung Galaxy S22 (Family)"
     assert job.options == "--target_runtime qnn_context_binary --qairt_version 2.40"
@@ -256,14 +352,16 @@ def test_hub_target_runtimes(tmp_path, qdq, hub, runtime, suffix):
 def test_hub_takes_the_aimet_folder(tmp_path, qdq, hub):
     """A .aimet folder (float ONNX + encodings; AIMET's own export is covered in
     test_quantize) goes up as one directory model."""
-    folder = tmp_path / "vit_nano_patch16_224_w8a16.aimet"
+    folder = tmp_path / "vit_nano_patch16_224_w8a16_v69.aimet"
     folder.mkdir()
     (folder / "model.onnx").write_bytes(qdq.with_name("skipat_nano_patch16_224.onnx").read_bytes())
     (folder / "model.encodings").write_text('{"version": "2.0.0", "activation_encodings": []}')
     r = _hub_compile(folder, tmp_path / "c")
     (model,) = [m for m in hub.models.values() if m.files]
     assert sorted(Path(f).name for f in model.files) == ["model.encodings", "model.onnx"]
-    assert r.artifacts["target_model"].name == "vit_nano_patch16_224_w8a16.sm8450.hub.bin"
+    assert r.artifacts["target_model"].name == "vit_nano_patch16_224_w8a16_v69.sm8450.hub.bin"
+    # no QDQ model beside it to say which Hexagon version it was made for
+    assert any("does not say which Hexagon version" in n for n in r.notices)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,8 +370,8 @@ def test_hub_takes_the_aimet_folder(tmp_path, qdq, hub):
 @pytest.mark.parametrize("device,soc,hexagon", [
     ("Galaxy S21", "SM8350", "v68"), ("X Elite", "SC8380XP", "v73"), ("Galaxy S24", "SM8650", "v75"),
     ("Galaxy S25", "SM8750", "v79"), ("Galaxy S26", "SM8850", "v81")])
-def test_local_compile_for_every_hexagon_version(tmp_path, qdq, device, soc, hexagon):
-    r = compile_local(qdq, tmp_path, CompileConfig(device=device))
+def test_local_compile_for_every_hexagon_version(tmp_path, qdq_for, device, soc, hexagon):
+    r = compile_local(qdq_for(device), tmp_path, CompileConfig(device=device))
     assert (r.soc, r.hexagon) == (soc, hexagon) and r.artifacts["context_binary"].stat().st_size > 0
     assert soc.lower() in r.artifacts["context_binary"].name
     assert r.check.num_samples == 2 and np.isfinite(r.check.sqnr_db)
@@ -292,11 +390,12 @@ def test_fp16_compiles_a_float_model_where_the_htp_can(tmp_path, nano_ckpts):
 
 def test_weight_shared_binary_for_two_resolutions(tmp_path, nano_ckpts):
     ck = nano_ckpts["skipat_nano_patch16"]
-    q = [api.quantize(ck, tmp_path / "q", resolution=r, precision="w8a8", backend="ort", **FAST).qdq_onnx
-         for r in (224, 384)]
+    q = [api.quantize(ck, tmp_path / "q", resolution=r, precision="w8a8", backend="ort",
+                      device="Galaxy S24", **FAST).qdq_onnx for r in (224, 384)]
     shared = api.compile_shared(q, tmp_path / "shared", device="Galaxy S24", num_check=1)
     assert len(shared) == 2 and shared[0].artifacts["context_binary"] == shared[1].artifacts["context_binary"]
     assert all(r.check.num_samples == 1 and "on its own" in r.check.runs_on for r in shared)
+    assert all(r.check.gate == "passed" for r in shared)
     binary = shared[0].artifacts["context_binary"]
     for r in shared:  # each EPContext model points at the shared binary
         (node,) = onnx.load(str(r.artifacts["context_onnx"])).graph.node

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..devices import DEFAULT_DEVICE, resolve_device
-from ..errors import UserError
+from ..errors import QualityGateError, UserError
 from ..files import atomic_path
 from ..preprocess import Preprocess, open_rgb, resize_and_crop
 from .dataset import LabelledImages
@@ -36,16 +36,14 @@ RUNS_ON = {
     "npu": "QNN HTP backend (x86-64 simulator), context binary",
     "device": "the phone's NPU (AI Hub inference jobs)",
 }
-GATE_EXIT_CODE = 4  # --max-top1-drop exceeded (2: bad input, 3: AI Hub failure)
+GATE_EXIT_CODE = QualityGateError.exit_code  # --max-top1-drop exceeded
 Z95 = 1.959964
 
 Step = Callable[[str], None]
 
 
-class AccuracyGateError(UserError):
+class AccuracyGateError(QualityGateError):
     """An INT8 target lost more top-1 than ``--max-top1-drop`` allows."""
-
-    exit_code = GATE_EXIT_CODE
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,23 @@ Two backends, one result type:
 * ``local`` (offline, default): ONNX Runtime's QNN execution provider writes an EPContext ONNX
   and the QNN context binary (``.bin``) for the device's SoC and Hexagon version, with CPU
   fallback disabled, so success means every node runs on the NPU. The context binary is then
-  loaded on the HTP backend (a simulator on x86-64) and its outputs are compared with the QDQ
-  model on the CPU.
+  loaded on the HTP backend (a simulator on x86-64) and its outputs on held-out photos are
+  compared with the QDQ model on the CPU and with the float model (the NPU gate, below).
 * ``hub``: Qualcomm AI Hub compiles the model (:mod:`skipat_deploy.npu.hub`).
 
 In ``out_dir``, for ``<stem>.qdq.onnx`` and a device with SoC ``sm8450``:
 ``<stem>.sm8450.ctx.onnx`` + ``<stem>.sm8450.ctx_qnn.bin`` (local) or the downloaded AI Hub
 artifact (hub), and ``<stem>.sm8450.compile.json``, the record, written last.
+
+A QDQ model is compiled only for the Hexagon version it was quantized for (its metadata,
+``quantization.hexagon``); one that does not say is compiled with a notice.
+
+The NPU gate (local): the float model is the one the QDQ model's metadata names
+(``quantization.float_onnx``, written by ``quantize``), found beside it with the recorded
+sha256; any other file is not trusted as the reference. The binary is refused, nothing written,
+when its noise against float on the check samples is more than double the CPU QDQ model's
+(:func:`skipat_deploy.quant.quantize.noise_more_than_doubled`, the rule the QDQ export is held
+to). Without a known float model the gate does not run; a notice and the record say so.
 """
 
 from __future__ import annotations
@@ -28,13 +38,16 @@ import numpy as np
 import onnx
 
 from ..devices import DEFAULT_DEVICE, DeviceProfile, check_precision, resolve_device
-from ..errors import UserError
-from ..export import run_qdq_cpu, sample_inputs
-from ..files import compiled_stem, sha256_path
-from ..metrics import quality
+from ..errors import QualityGateError, UserError
+from ..export import cpu_session, read_metadata, run_qdq_cpu, sample_inputs
+from ..files import compiled_stem, model_stem, sha256_file, sha256_path
+from ..metrics import quality, sqnr_db
+from ..quant.quantize import noise_more_than_doubled
 
 BACKENDS = ("local", "hub")
 TARGET_RUNTIMES = ("qnn_context_binary", "precompiled_qnn_onnx", "onnx", "tflite")
+HTP_SIMULATOR = "QNN HTP simulator (onnxruntime-qnn, x86-64)"  # numerics only, never phone data
+CPU_QDQ_VS_FLOAT = "cpu (onnxruntime, the QDQ model vs the float ONNX, on the NPU check samples)"
 
 
 class CompileError(UserError):
@@ -72,14 +85,23 @@ class CompileConfig:
 
 @dataclass
 class NpuCheck:
-    """The compiled model's outputs against the QDQ model's on ONNX Runtime CPU."""
+    """The compiled model's outputs against the QDQ model's on ONNX Runtime CPU and, when the
+    float model is known, both against float on the same samples (the NPU gate)."""
 
-    sqnr_db: float
+    sqnr_db: float  # NPU vs the CPU QDQ model
     cosine_min: float
     top1_agreement: float | None
     num_samples: int
     inputs: str  # what the samples were
     runs_on: str  # what produced the NPU-side outputs
+    float_model: str | None = None  # the gate's reference (file name); None: not known
+    npu_vs_float_sqnr_db: float | None = None
+    qdq_vs_float_sqnr_db: float | None = None  # the CPU QDQ model, same samples
+    gate: str = "not run"  # "passed", or why it did not run
+
+
+class NpuGateError(QualityGateError):
+    """The compiled binary's output is much noisier against float than the CPU QDQ model's."""
 
 
 @dataclass
@@ -127,11 +149,7 @@ def check_model(model: str | Path, backend: str, fp16: bool = False) -> Path:
         if len(onnx_files) != 1 or len(list(model.glob("*.encodings"))) > 1:
             raise UserError(f"{model} must hold exactly one .onnx and at most one .encodings")
         return model
-    try:
-        graph = onnx.load(str(model), load_external_data=False).graph
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise UserError(f"{model} is not a readable ONNX model ({type(e).__name__})") from None
-    quantized = any(n.op_type == "QuantizeLinear" for n in graph.node)
+    quantized = _quantized(model)
     if backend == "local" and not quantized and not fp16:
         raise UserError(f"{model.name} is a float model: give the .qdq.onnx from `skipat-deploy "
                         "quantize` (or --ckpt to quantize first), or --precision fp16 to run it "
@@ -139,6 +157,50 @@ def check_model(model: str | Path, backend: str, fp16: bool = False) -> Path:
     if fp16 and quantized:
         raise UserError(f"{model.name} is quantized: --precision fp16 compiles the float .onnx")
     return model
+
+
+def _quantized(model: Path) -> bool:
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise UserError(f"{model} is not a readable ONNX model ({type(e).__name__})") from None
+    return any(n.op_type == "QuantizeLinear" for n in graph.node)
+
+
+def check_target(model: Path, device: DeviceProfile) -> str | None:
+    """Refuse a QDQ model quantized for another Hexagon version than ``device``'s: the HTP
+    configs differ by version (v66-v69 make the second input of every MatMul 8-bit), so its
+    report would not describe what this NPU computes. A ``.aimet`` folder is judged by the QDQ
+    model exported beside it; a float model passes. Returns a notice when the model does not
+    say."""
+    if model.is_file() and not _quantized(model):
+        return None
+    source = model.with_name(f"{model_stem(model)}.qdq.onnx") if model.is_dir() else model
+    made_for = (read_metadata(source).get("quantization") or {}).get("hexagon") if source.is_file() else None
+    if made_for is None:
+        return (f"{model.name} does not say which Hexagon version it was quantized for (no "
+                f"skipat-deploy quantization metadata): compiled as given for {device.name} "
+                f"(Hexagon {device.hexagon})")
+    if made_for != device.hexagon:
+        raise UserError(f"{model.name} was quantized for Hexagon {made_for} but {device.name} has "
+                        f"{device.hexagon}: quantize for it (--device) or compile with --ckpt")
+    return None
+
+
+def float_reference(model: Path) -> tuple[Path | None, str]:
+    """The float ONNX the QDQ ``model`` was quantized from (see the module docstring), or
+    None and why it is not known."""
+    recorded = (read_metadata(model).get("quantization") or {}).get("float_onnx")
+    if not recorded:
+        return None, (f"{model.name} does not name the float model it was quantized from "
+                      "(made by another tool or an older skipat-deploy)")
+    path = model.parent / recorded["file"]
+    if not path.is_file():
+        return None, f"{recorded['file']}, the float model it was quantized from, is not beside it"
+    if sha256_file(path) != recorded["sha256"]:
+        return None, (f"{path.name} beside it is not the float model it was quantized from "
+                      "(its sha256 differs)")
+    return path, ""
 
 
 def npu_check(reference: list[np.ndarray], test: list[np.ndarray], inputs: str, runs_on: str,
@@ -165,16 +227,49 @@ def _build(models: list[Path], contexts: list[Path], device: DeviceProfile, cfg:
                                + str(e).splitlines()[0]) from None
 
 
-def _check(model: Path, ctx: Path, device: DeviceProfile, cfg: CompileConfig) -> NpuCheck:
-    """The context model on the HTP backend (the simulator here) against ``model`` on the CPU."""
+def run_htp(sess, x: np.ndarray) -> np.ndarray:
+    """The NPU's outputs: the first output of the HTP session for each sample of ``x``
+    (N, 1, C, H, W), concatenated."""
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: xi})[0] for xi in x])
+
+
+def _check(model: Path, ctx: Path, device: DeviceProfile, cfg: CompileConfig,
+           notices: list[str]) -> NpuCheck:
+    """The context model on the HTP backend (the simulator here) against ``model`` on the CPU
+    and, when known, both against the float model; a notice when the gate cannot run."""
     from . import qnn
 
     sess = qnn.htp_session(ctx, device, fp16=cfg.fp16)
-    inp = sess.get_inputs()[0]
-    x, described, classifier = sample_inputs(model, cfg.num_check, tuple(inp.shape))
-    npu = [sess.run(None, {inp.name: xi})[0] for xi in x]
-    cpu = list(run_qdq_cpu(model, np.concatenate(x)))  # one CPU session for all samples
-    return npu_check(cpu, npu, described, "QNN HTP simulator (onnxruntime-qnn, x86-64)", classifier)
+    x, described, classifier = sample_inputs(model, cfg.num_check, tuple(sess.get_inputs()[0].shape))
+    npu = run_htp(sess, x)
+    cpu = run_qdq_cpu(model, np.concatenate(x))  # one CPU session for all samples
+    check = npu_check(list(cpu), list(npu), described, HTP_SIMULATOR, classifier)
+    if cfg.fp16:  # the CPU model is the float model: sqnr_db is already the NPU against float
+        return replace(check, gate="not applicable: fp16 has no QDQ noise to compare with")
+    reference, why = float_reference(model)
+    if reference is None:
+        notices.append(f"the NPU gate did not run: {why}; the binary was compared with the CPU "
+                       "QDQ model only")
+        return replace(check, gate=f"not run: {why}")
+    sess = cpu_session(str(reference))
+    ref = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: xi})[0] for xi in x])
+    return replace(check, float_model=reference.name, npu_vs_float_sqnr_db=sqnr_db(ref, npu),
+                   qdq_vs_float_sqnr_db=sqnr_db(ref, cpu))
+
+
+def npu_gate(check: NpuCheck, binary: str) -> NpuCheck:
+    """``check`` marked passed, or :class:`NpuGateError` when the NPU's noise against float
+    is more than double the CPU QDQ model's; unchanged when the float model was not known."""
+    if check.npu_vs_float_sqnr_db is None:
+        return check
+    if not noise_more_than_doubled(check.npu_vs_float_sqnr_db, check.qdq_vs_float_sqnr_db):
+        return replace(check, gate="passed")
+    raise NpuGateError(
+        f"{binary} refused by the NPU gate: on the {check.runs_on} its output is "
+        f"{check.npu_vs_float_sqnr_db:.1f} dB SQNR vs the float model {check.float_model}, the CPU "
+        f"QDQ model {check.qdq_vs_float_sqnr_db:.1f} dB: more than double the QDQ model's noise "
+        f"(NPU vs CPU QDQ {check.sqnr_db:.1f} dB; {check.inputs}); nothing written")
 
 
 def compile_local(model: str | Path, out_dir: str | Path, cfg: CompileConfig = CompileConfig(),
@@ -202,6 +297,10 @@ def compile_local_many(models: list[Path], out_dir: str | Path, cfg: CompileConf
             raise UserError(f"{device.name} ({device.soc}, Hexagon {device.hexagon}) does not "
                             "support weight-shared context binaries (AI Hub's device table); "
                             "compile without --share-weights for one binary per model")
+    notices: list[list[str]] = []  # per model
+    for m in models:
+        notice = check_target(m, device)
+        notices.append([notice] if notice else [])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = [compiled_stem(m, device.soc) + (".fp16" if cfg.fp16 else "") for m in models]
@@ -228,12 +327,12 @@ def compile_local_many(models: list[Path], out_dir: str | Path, cfg: CompileConf
             checked = [tmp / "each" / c.name for c in contexts]
             for model, ctx in zip(models, checked):
                 _build([model], [ctx], device, cfg, share=False)
-        for model, ctx, final, check_ctx in zip(models, contexts, finals, checked):
+        for model, ctx, final, check_ctx, notes in zip(models, contexts, finals, checked, notices):
             binary = tmp / final["context_binary"].name
             if not ctx.exists() or not binary.exists():
                 raise CompileError(f"QNN wrote no context binary for {model.name}")
             step(f"running {ctx.name} on the HTP backend (x86-64 simulator)")
-            check = _check(model, check_ctx, device, cfg)
+            check = npu_gate(_check(model, check_ctx, device, cfg, notes), binary.name)
             if share_weights:
                 check = replace(check, runs_on=check.runs_on + "; the same graph compiled on its "
                                 "own (the simulator cannot load weight-shared binaries)")
@@ -241,7 +340,7 @@ def compile_local_many(models: list[Path], out_dir: str | Path, cfg: CompileConf
                 model=model, model_sha256=sha256_path(model), backend="local", device=device.name,
                 soc=device.soc, hexagon=device.hexagon, artifacts=final,
                 record=out_dir / f"{ctx.name.removesuffix('.ctx.onnx')}.compile.json",
-                check=check, versions=qnn.sdk_versions(), seconds=0.0))
+                check=check, versions=qnn.sdk_versions(), seconds=0.0, notices=notes))
         for f in finals:
             for path in f.values():
                 if (tmp / path.name).exists():

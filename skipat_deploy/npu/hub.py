@@ -26,7 +26,7 @@ import onnx
 from ..devices import DeviceProfile
 from ..errors import UserError
 from ..files import atomic_path, compiled_stem, sha256_path
-from .compile import CompileConfig, CompileError, CompileResult, npu_check, write_record
+from .compile import CompileConfig, CompileError, CompileResult, check_target, npu_check, write_record
 
 POLL_SECONDS = 15.0  # how often a running job's state is read
 RETRY_DELAYS = (5.0, 20.0, 60.0)  # backoff between attempts after a transient failure
@@ -308,6 +308,7 @@ def _submit_or_resume(hub, record: RunRecord, key: str, identity: dict, submit: 
 
 def submit_compile(hub, model: Path, out_dir: Path, cfg: CompileConfig, device: DeviceProfile,
                    step: Callable[[str], None] = lambda msg: None) -> Submitted:
+    target_notice = check_target(model, device)
     stem = compiled_stem(model, device.soc)
     options = f"--target_runtime {cfg.target_runtime}"
     if cfg.qairt_version:
@@ -323,8 +324,11 @@ def submit_compile(hub, model: Path, out_dir: Path, cfg: CompileConfig, device: 
                    what="submitting the compile job")
         return job, "compile"
 
-    return _submit_or_resume(hub, RunRecord(out_dir / f"{stem}.hub.json"),
-                             f"compile {cfg.target_runtime}", identity, submit, step)
+    sub = _submit_or_resume(hub, RunRecord(out_dir / f"{stem}.hub.json"),
+                            f"compile {cfg.target_runtime}", identity, submit, step)
+    if target_notice:
+        sub.notices.insert(0, target_notice)
+    return sub
 
 
 def finish_compile(sub: Submitted, model: Path, out_dir: Path, cfg: CompileConfig,
