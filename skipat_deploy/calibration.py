@@ -2,7 +2,10 @@
 
 ``--calib DIR`` is searched recursively for image files as users have them (JPEG, PNG, BMP,
 WebP, TIFF; greyscale, palette, RGBA, CMYK, 16-bit, EXIF-rotated: all converted to upright RGB).
-Other files, unreadable images and images too small to use are skipped and listed. Without it, the real photos that ship inside declared dependencies are used
+Other files are skipped and listed. Only file names are listed to choose the samples: a seeded
+draw of ``--num-calib`` images spread over the folder's subfolders (:func:`draw`), and only the
+drawn ones are decoded; an unreadable or too small drawn image is listed and replaced by another
+draw. Without it, the real photos that ship inside declared dependencies are used
 (scikit-image, scikit-learn, matplotlib): calibration from one set, evaluation from another.
 More samples than photos are made by cropping the photos differently *before* the model's own
 eval transform, so every sample is pre-processed exactly as the exported model expects.
@@ -11,7 +14,7 @@ eval transform, so every sample is pre-processed exactly as the exported model e
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,31 +34,160 @@ class ImageSet:
     source: str  # said in reports: where the images came from
     skipped: tuple[Path, ...] = ()  # files that are not images
     unusable: tuple[str, ...] = ()  # images that could not be used, each with the reason
+    root: Path | None = None  # the folder the paths are reported relative to (None: bundled photos)
+    pool: _Pool | None = field(default=None, compare=False, repr=False)  # replacement draws
+
+    def files(self) -> list[str]:
+        """The files, as reported: relative to the folder given, or the bundled photos' names."""
+        if self.root is None:
+            return [p.name for p in self.paths]
+        return [p.relative_to(self.root).as_posix() for p in self.paths]
+
+    def skipped_notice(self, what: str) -> list[str]:
+        if not self.skipped:
+            return []
+        names = ", ".join(p.name for p in self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
+        return [f"{what}: skipped {len(self.skipped)} files that are not images ({names})"]
+
+    def unusable_notice(self, what: str) -> list[str]:
+        if not self.unusable:
+            return []
+        listed = "; ".join(self.unusable[:5]) + ("; ..." if len(self.unusable) > 5 else "")
+        again = ", each replaced by another draw where one was left" if self.root is not None else ""
+        return [f"{what}: skipped {len(self.unusable)} images that cannot be used{again}: {listed}"]
 
     def notices(self, what: str) -> list[str]:
         """What was left out, in at most two lines."""
-        out = []
-        if self.skipped:
-            names = ", ".join(p.name for p in self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
-            out.append(f"{what}: skipped {len(self.skipped)} files that are not images ({names})")
-        if self.unusable:
-            listed = "; ".join(self.unusable[:5]) + ("; ..." if len(self.unusable) > 5 else "")
-            out.append(f"{what}: skipped {len(self.unusable)} images that cannot be used: {listed}")
-        return out
+        return self.skipped_notice(what) + self.unusable_notice(what)
 
 
-def find_images(folder: str | Path, what: str = "--calib") -> ImageSet:
-    """Every usable image under ``folder`` (each one is decoded once to find out)."""
+@dataclass(frozen=True)
+class Listing:
+    """The image files under a folder, by name only (nothing decoded), grouped by top-level
+    subfolder (files directly in the folder form the group ``"."``)."""
+    folder: Path
+    groups: tuple[tuple[str, tuple[str, ...]], ...]  # (subfolder, sorted paths relative to it)
+    skipped: tuple[Path, ...]
+    what: str
+
+    @property
+    def count(self) -> int:
+        return sum(len(f) for _, f in self.groups)
+
+    def path(self, g: int, i: int) -> Path:
+        name, files = self.groups[g]
+        return self.folder / name / files[i] if name != "." else self.folder / files[i]
+
+
+def list_images(folder: str | Path, what: str = "--calib") -> Listing:
+    """The image files under ``folder`` (recursive), by name: the only work that grows with it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{what} folder not found: {folder}")
-    images, skipped, unusable = [], [], []
-    for root, _, files in sorted(os.walk(folder)):
+    groups: dict[str, list[str]] = {}
+    skipped = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        rel = os.path.relpath(root, folder)
+        top, _, rest = rel.replace(os.sep, "/").partition("/")
         for f in sorted(files):
-            p = Path(root) / f
-            if f.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
-                skipped.append(p)
-                continue
+            if f.startswith(".") or os.path.splitext(f)[1].lower() not in IMAGE_SUFFIXES:
+                skipped.append(Path(root) / f)
+            else:
+                groups.setdefault(top, []).append(f"{rest}/{f}" if rest else f)
+    if not groups:
+        raise UserError(f"{what} folder {folder} holds no usable image; give a folder of "
+                        f"photos ({', '.join(IMAGE_SUFFIXES)})")
+    return Listing(folder, tuple((g, tuple(sorted(groups[g]))) for g in sorted(groups)),
+                   tuple(skipped), what)
+
+
+class _Pool:
+    """Seeded draws without replacement from a :class:`Listing`: a permutation per subfolder,
+    taken in order, so every draw (calibration, held-out, replacements) is disjoint from the
+    others. Failed decodes are bounded: after ``16 + 2 x drawn`` no more replacements."""
+
+    def __init__(self, listing: Listing, seed: int):
+        self.listing, self.seed = listing, seed
+        self._perm: dict[int, np.ndarray] = {}
+        self._next = [0] * len(listing.groups)
+        self._where: dict[Path, int] = {}  # drawn path -> its group
+        self.drawn = self.failed = 0
+
+    def left(self, g: int) -> int:
+        return len(self.listing.groups[g][1]) - self._next[g]
+
+    def take(self, g: int) -> Path:
+        if g not in self._perm:
+            rng = np.random.default_rng([self.seed, g])
+            self._perm[g] = rng.permutation(len(self.listing.groups[g][1]))
+        i = int(self._perm[g][self._next[g]])
+        self._next[g] += 1
+        self.drawn += 1
+        p = self.listing.path(g, i)
+        self._where[p] = g
+        return p
+
+    def draw(self, n: int) -> list[Path]:
+        """``n`` files (fewer if the folder has fewer left): round-robin over the sorted
+        subfolders while ``n`` allows one each, else ``n`` subfolders chosen in proportion to
+        their size; a seeded draw inside each."""
+        sizes = np.array([self.left(g) for g in range(len(self.listing.groups))])
+        n = min(n, int(sizes.sum()))
+        live = np.flatnonzero(sizes)
+        if n < len(live):
+            rng = np.random.default_rng([self.seed, len(self.listing.groups), self.drawn])
+            return [self.take(int(g)) for g in sorted(rng.choice(live, n, replace=False,
+                                                                 p=sizes[live] / sizes[live].sum()))]
+        out: list[Path] = []
+        while len(out) < n:
+            for g in range(len(sizes)):
+                if len(out) < n and self.left(g):
+                    out.append(self.take(g))
+        return out
+
+    def replace(self, p: Path) -> Path | None:
+        """Another file for ``p``, which could not be used: from its subfolder, else any."""
+        self.failed += 1
+        if self.failed > 16 + 2 * self.drawn:
+            return None
+        g0 = self._where.get(p, 0)
+        for k in range(len(self.listing.groups)):
+            g = (g0 + k) % len(self.listing.groups)
+            if self.left(g):
+                return self.take(g)
+        return None
+
+
+def draw(listing: Listing, n: int, seed: int = 0, held_out: int = 0) -> tuple[ImageSet, ImageSet | None]:
+    """A seeded sample of ``n`` files of ``listing`` spread over its subfolders (see
+    :meth:`_Pool.draw`), and with ``held_out`` a disjoint sample of that many drawn the same
+    way (when the folder has fewer files than both need, a quarter is held out, at least one).
+    Nothing is decoded: :func:`load_samples` decodes and replaces unusable files."""
+    what, folder = listing.what, listing.folder
+    pool = _Pool(listing, seed)
+    if held_out:
+        total = listing.count
+        if total < 2:
+            raise UserError(f"{what} {folder} has one image: give --eval DIR or more images")
+        if total < n + held_out:
+            held_out = min(held_out, max(1, total // 4))
+            n = min(n, total - held_out)
+    calib = ImageSet(tuple(pool.draw(n)), f"{what} {folder}", listing.skipped, root=folder, pool=pool)
+    if not held_out:
+        return calib, None
+    return calib, ImageSet(tuple(pool.draw(held_out)), f"{what} {folder} (held-out split)",
+                           root=folder, pool=pool)
+
+
+def find_images(folder: str | Path, what: str = "--calib") -> ImageSet:
+    """Every usable image under ``folder``, each one decoded to find out (for small folders;
+    calibration uses :func:`draw`, which decodes only the files drawn)."""
+    listing = list_images(folder, what)
+    images, unusable = [], []
+    for g, (_, files) in enumerate(listing.groups):
+        for i in range(len(files)):
+            p = listing.path(g, i)
             try:
                 open_rgb(p)
                 images.append(p)
@@ -63,9 +195,10 @@ def find_images(folder: str | Path, what: str = "--calib") -> ImageSet:
                 unusable.append(str(e).replace(str(p), p.name))
     if not images:
         found = f" ({len(unusable)} images could not be used: {'; '.join(unusable[:3])})" if unusable else ""
-        raise UserError(f"{what} folder {folder} holds no usable image{found}; give a folder of "
+        raise UserError(f"{what} folder {listing.folder} holds no usable image{found}; give a folder of "
                         f"photos ({', '.join(IMAGE_SUFFIXES)})")
-    return ImageSet(tuple(images), f"{what} {folder}", tuple(skipped), tuple(unusable))
+    return ImageSet(tuple(images), f"{what} {listing.folder}", listing.skipped, tuple(unusable),
+                    root=listing.folder)
 
 
 def bundled_photos() -> tuple[ImageSet, ImageSet]:
@@ -99,13 +232,53 @@ def _view(img: Image.Image, k: int, rng: np.random.Generator) -> Image.Image:
     return img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
 
 
+def load_samples(images: ImageSet, size: int, pp: Preprocess, count: int,
+                 seed: int = 0) -> tuple[ImageSet, np.ndarray]:
+    """``count`` samples (N, 3, size, size): every image once, then further views in turn; and
+    the set of files actually used. Each file is decoded once at most and turned into its sample
+    at once; the photos themselves are kept only when further views of them are needed (then
+    there are fewer photos than samples). An unusable file is listed and, for a drawn set,
+    replaced by another draw."""
+    rng = np.random.default_rng(seed)
+    keep = len(images.paths) < count
+    queue, i = list(images.paths), 0
+    used: list[Path] = []
+    photos: list[Image.Image] = []
+    out: list[np.ndarray] = []
+    unusable = list(images.unusable)
+    while i < len(queue) and len(used) < count:
+        p = queue[i]
+        i += 1
+        try:
+            img = open_rgb(p)
+        except UserError as e:
+            name = p.relative_to(images.root).as_posix() if images.root else p.name
+            unusable.append(str(e).replace(str(p), name))
+            again = images.pool.replace(p) if images.pool is not None else None
+            if again is not None:
+                queue.insert(i, again)
+            continue
+        used.append(p)
+        out.append(to_tensor(resize_and_crop(img, size, pp), pp))
+        if keep:
+            photos.append(img)
+    if not used:
+        where = f"{images.source.split(' ')[0]} folder {images.root}" if images.root else images.source
+        raise UserError(f"{where} holds no usable image: none of the "
+                        f"{len(unusable)} drawn could be used ({'; '.join(unusable[:3])}); give a "
+                        f"folder of photos ({', '.join(IMAGE_SUFFIXES)})")
+    if len(used) < count and not photos:  # files failed with none left to replace them
+        photos = [open_rgb(p) for p in used]
+    for j in range(len(used), count):
+        view = _view(photos[j % len(used)], j // len(used), rng)
+        out.append(to_tensor(resize_and_crop(view, size, pp), pp))
+    got = ImageSet(tuple(used), images.source, images.skipped, tuple(unusable), images.root)
+    return got, np.concatenate(out)
+
+
 def image_batch(images: ImageSet, size: int, pp: Preprocess, count: int, seed: int = 0) -> np.ndarray:
     """``count`` samples (N, 3, size, size): every image once, then further views in turn."""
-    rng = np.random.default_rng(seed)
-    photos = [open_rgb(p) for p in images.paths]
-    out = [to_tensor(resize_and_crop(_view(photos[i % len(photos)], i // len(photos), rng), size, pp), pp)
-           for i in range(count)]
-    return np.concatenate(out)
+    return load_samples(images, size, pp, count, seed)[1]
 
 
 def split(images: ImageSet, eval_fraction: float = 0.25) -> tuple[ImageSet, ImageSet]:

@@ -218,7 +218,7 @@ def export(
 def quantize(
     ckpt: CkptOpt = None,
     resolution: Annotated[int, typer.Option(help="Input size in px; calibration runs at this grid.")] = 224,
-    calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (.jpg/.png, searched recursively); default: real photos bundled with scikit-image.")] = None,
+    calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (.jpg/.png, searched recursively; a seeded sample spread over its subfolders is used); default: real photos bundled with scikit-image.")] = None,
     num_calib: Annotated[int, typer.Option(help="Calibration samples (photos, then further crops of them).")] = 64,
     eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="Folder of held-out images for the quality report; default: a disjoint split of --calib.")] = None,
     num_eval: Annotated[int, typer.Option(help="Evaluation samples.")] = 16,

@@ -143,6 +143,10 @@ def test_qdq_model_runs_through_predict(tmp_path, nano_ckpts, photos):
     img = next(photos.rglob("*.jpg"))
     (p,) = api.predict(r.qdq_onnx, [img], top_k=2)
     assert len(p.top) == 2
+    report = json.loads(r.report_json.read_text())  # the files used, relative to --calib
+    assert report["calib_files"] == r.calib_files and report["eval_files"] == r.eval_files
+    assert r.eval_files and set(r.calib_files).isdisjoint(r.eval_files)
+    assert all((photos / f).is_file() for f in r.calib_files + r.eval_files)
 
 
 def test_default_calibration_uses_bundled_photos(tmp_path, nano_ckpts):
@@ -150,6 +154,7 @@ def test_default_calibration_uses_bundled_photos(tmp_path, nano_ckpts):
     assert "bundled photos (scikit-image)" in r.calib_source
     assert "scikit-learn" in r.eval_source
     assert any("no --calib" in n for n in r.notices)
+    assert "astronaut.png" in r.calib_files and "china.jpg" in r.eval_files
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,9 @@ class CpuInt8Result:
     size_bytes: int
     seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
+    # the files used: relative to --calib / --eval, or the bundled photos' names
+    calib_files: list[str] = field(default_factory=list)
+    eval_files: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -184,7 +187,8 @@ def quantize_cpu(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: CpuInt8Config
         q = quality(ref, run_cpu(staged, xe), ckpt.arch.num_classes > 0)
         result = CpuInt8Result(final, report, res, q, quantized_ops, float_ops, cfg.rotate,
                                calib_set.source, eval_set.source, staged.stat().st_size,
-                               notices=notices)
+                               notices=notices, calib_files=calib_set.files(),
+                               eval_files=eval_set.files())
         shutil.move(str(staged), final)
         result.seconds = time.perf_counter() - t0
         staged_report = tmp / report.name

@@ -128,6 +128,9 @@ class QuantizeResult:
     sizes_bytes: dict[str, int]
     seconds: float
     notices: list[str] = field(default_factory=list)
+    # the files used: relative to --calib / --eval, or the bundled photos' names
+    calib_files: list[str] = field(default_factory=list)
+    eval_files: list[str] = field(default_factory=list)
     rotated: bool = False  # the residual stream was rotated before quantizing
     # AIMET, 8-bit activations: output SQNR change bias correction made on calibration samples;
     # kept when positive
@@ -155,7 +158,9 @@ def check_reproduces_simulation(qdq: Path, q: Quality, sim: Quality, qdq_vs_sim_
 
 
 def calibration_images(cfg, notices: list[str]):
-    """The calibration and evaluation image sets of ``cfg`` (its ``calib_dir``, ``eval_dir``)."""
+    """The calibration and evaluation image sets of ``cfg`` (its ``calib_dir``, ``eval_dir``):
+    seeded samples of ``num_calib`` / ``num_eval`` files spread over the folders' subfolders
+    (:func:`calibration.draw`, nothing decoded yet), or the bundled photos."""
     if cfg.calib_dir is None:
         calib, evaluation = calibration.bundled_photos()
         notices.append(
@@ -163,28 +168,31 @@ def calibration_images(cfg, notices: list[str]):
             "give --calib DIR with images like the ones the model will see"
         )
     else:
-        calib = calibration.find_images(cfg.calib_dir)
-        evaluation = None
-        notices.extend(calib.notices("--calib"))
+        listing = calibration.list_images(cfg.calib_dir)
+        held = cfg.num_eval if cfg.eval_dir is None else 0
+        calib, evaluation = calibration.draw(listing, cfg.num_calib, cfg.seed, held_out=held)
+        notices.extend(calib.skipped_notice("--calib"))
     if cfg.eval_dir is not None:
-        evaluation = calibration.find_images(cfg.eval_dir, "--eval")
-        notices.extend(evaluation.notices("--eval"))
-    elif evaluation is None:
-        calib, evaluation = calibration.split(calib)
+        evaluation, _ = calibration.draw(calibration.list_images(cfg.eval_dir, "--eval"),
+                                         cfg.num_eval, cfg.seed + 1)
+        notices.extend(evaluation.skipped_notice("--eval"))
+    elif cfg.calib_dir is not None:
         notices.append(f"no --eval: evaluating on {len(evaluation.paths)} held-out files of --calib")
     return calib, evaluation
 
 
 def float_reference(ckpt: LoadedCheckpoint, cfg, notices: list[str], step: Callable[[str], None]):
-    """What every quantizer starts from: the image sets of ``cfg``, the calibration and
-    evaluation samples at ``cfg.resolution``, the float PyTorch model and its outputs on the
-    evaluation samples (the reference quality is measured against)."""
+    """What every quantizer starts from: the image sets of ``cfg`` (the files actually used),
+    the calibration and evaluation samples at ``cfg.resolution``, the float PyTorch model and
+    its outputs on the evaluation samples (the reference quality is measured against)."""
     grid = check_resolution(cfg.resolution, ckpt.arch.patch_size)
     calib_set, eval_set = calibration_images(cfg, notices)
     pp, res = ckpt.spec.preprocess, cfg.resolution
     step(f"pre-processing {cfg.num_calib} calibration + {cfg.num_eval} evaluation samples at {res}px")
-    xc = calibration.image_batch(calib_set, res, pp, cfg.num_calib, seed=cfg.seed)
-    xe = calibration.image_batch(eval_set, res, pp, cfg.num_eval, seed=cfg.seed + 1)
+    calib_set, xc = calibration.load_samples(calib_set, res, pp, cfg.num_calib, seed=cfg.seed)
+    notices.extend(calib_set.unusable_notice("--calib"))
+    eval_set, xe = calibration.load_samples(eval_set, res, pp, cfg.num_eval, seed=cfg.seed + 1)
+    notices.extend(eval_set.unusable_notice("--eval" if cfg.eval_dir is not None else "--calib (held out)"))
     model = load_weights(build_model(ckpt.arch, grid), ckpt.state_dict, ckpt.spec.name).eval()
     with torch.no_grad():
         ref = model(torch.from_numpy(xe)).numpy()
@@ -298,6 +306,7 @@ def quantize(
             promoted=promoted,
             num_activation_quantizers=n_act, sensitivity=sens, calib_source=calib_set.source,
             eval_source=eval_set.source, num_calib=cfg.num_calib, sizes_bytes=sizes,
+            calib_files=calib_set.files(), eval_files=eval_set.files(),
             seconds=0.0, notices=notices, rotated=cfg.rotates, bias_correction_db=bias_db,
         )
         write_layers_csv(tmp / "layers.csv", sens, promoted)
