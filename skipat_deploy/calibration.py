@@ -14,6 +14,7 @@ eval transform, so every sample is pre-processed exactly as the exported model e
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,28 @@ def list_images(folder: str | Path, what: str = "--calib") -> Listing:
                    tuple(skipped), what)
 
 
+def spread(sizes: Sequence[int], n: int, seed: int | Sequence[int] = 0) -> list[int]:
+    """The group each of ``n`` draws comes from (fewer if the groups hold fewer), groups given
+    by their sizes in order (subfolders here, classes for ``evaluate``): round-robin over the
+    groups while ``n`` allows one from each non-empty group, else ``n`` groups chosen by a
+    ``seed``-ed draw in proportion to their size, in order. Which member of a group is drawn
+    is the caller's seeded choice."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    n = min(n, int(sizes.sum()))
+    live = np.flatnonzero(sizes)
+    if n < len(live):
+        rng = np.random.default_rng(seed)
+        return sorted(int(g) for g in rng.choice(live, n, replace=False, p=sizes[live] / sizes[live].sum()))
+    out: list[int] = []
+    taken = np.zeros_like(sizes)
+    while len(out) < n:
+        for g in live:
+            if len(out) < n and taken[g] < sizes[g]:
+                out.append(int(g))
+                taken[g] += 1
+    return out
+
+
 class _Pool:
     """Seeded draws without replacement from a :class:`Listing`: a permutation per subfolder,
     taken in order, so every draw (calibration, held-out, replacements) is disjoint from the
@@ -129,22 +152,11 @@ class _Pool:
         return p
 
     def draw(self, n: int) -> list[Path]:
-        """``n`` files (fewer if the folder has fewer left): round-robin over the sorted
-        subfolders while ``n`` allows one each, else ``n`` subfolders chosen in proportion to
-        their size; a seeded draw inside each."""
-        sizes = np.array([self.left(g) for g in range(len(self.listing.groups))])
-        n = min(n, int(sizes.sum()))
-        live = np.flatnonzero(sizes)
-        if n < len(live):
-            rng = np.random.default_rng([self.seed, len(self.listing.groups), self.drawn])
-            return [self.take(int(g)) for g in sorted(rng.choice(live, n, replace=False,
-                                                                 p=sizes[live] / sizes[live].sum()))]
-        out: list[Path] = []
-        while len(out) < n:
-            for g in range(len(sizes)):
-                if len(out) < n and self.left(g):
-                    out.append(self.take(g))
-        return out
+        """``n`` files (fewer if the folder has fewer left), spread over the sorted subfolders
+        by :func:`spread`; a seeded draw inside each."""
+        sizes = [self.left(g) for g in range(len(self.listing.groups))]
+        key = [self.seed, len(self.listing.groups), self.drawn]
+        return [self.take(g) for g in spread(sizes, n, key)]
 
     def replace(self, p: Path) -> Path | None:
         """Another file for ``p``, which could not be used: from its subfolder, else any."""

@@ -27,7 +27,7 @@ from .files import model_stem
 from .export import ExportConfig, artifact_name, check_resolution, export_onnx, read_metadata
 from .measure import compare as cmp
 from .measure import evaluate as ev
-from .measure.dataset import LabelledImages, stratified_subset
+from .measure.dataset import LabelledImages, stratified_indices, stratified_subset
 from .measure.profile import ProfileOutcome, profile_cpu_models, profile_hub
 from .npu.compile import CompileConfig, CompileResult, compile_local
 from .quant import QuantizeConfig, QuantizeResult, quantize
@@ -312,7 +312,7 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
     qdq = None if isinstance(source, LoadedCheckpoint) else source
     for target in ordered:
         t1 = time.perf_counter()
-        note, model_path = None, None
+        note, model_path, idx = None, None, None
         if target == "torch":
             step("building the PyTorch model")
             y = ev.torch_logits(_torch_model(source, resolution), images, step)
@@ -337,9 +337,10 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
                 c = compile_local(qdq, out_dir, CompileConfig(device=cfg.device), step)
                 model_path = c.artifacts["context_binary"]
                 t1 = time.perf_counter()
-                y = ev.npu_logits(c.artifacts["context_onnx"], cfg.device, images, cfg.npu_max_samples, step)
+                idx = stratified_indices(images.labels, cfg.npu_max_samples, cfg.seed)
+                y = ev.npu_logits(c.artifacts["context_onnx"], cfg.device, images.take(idx), len(idx), step)
                 if len(y) < len(images):
-                    note = (f"first {len(y)} of {len(images)} images only (--npu-samples "
+                    note = (f"{len(y)} of {len(images)} images only, drawn per class (--npu-samples "
                             f"{cfg.npu_max_samples}: the x86-64 HTP simulator takes seconds per image)")
             else:
                 from .npu.hub import infer_on_device, input_specs
@@ -357,8 +358,10 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
                 note = f"{math.ceil(len(x) / cfg.samples_per_job)} AI Hub inference job(s)"
         logits[target] = y
         ref = logits.get(reference_name) if target != reference_name else None
-        scores[target] = ev.score(target, y, images.labels, None if model_path is None else str(model_path),
-                                  time.perf_counter() - t1, ref, note)
+        scored = images if idx is None else images.take(idx)
+        ref = ref if ref is None or idx is None else ref[idx]
+        scores[target] = ev.score(target, y, scored.labels, None if model_path is None else str(model_path),
+                                  time.perf_counter() - t1, ref, note, scored.files())
     result = ev.EvaluateResult(
         model=name, dataset=str(data.root), layout=data.layout, resolution=resolution,
         precision=((meta.get("quantization") or {}).get("precision") if quantized

@@ -111,17 +111,30 @@ def test_labels_csv_and_its_errors(tmp_path):
         load_dataset(tmp_path / "nowhere")
 
 
-def test_stratified_subset_is_proportional_and_seeded(tmp_path):
+def test_stratified_subset_is_round_robin_and_seeded(tmp_path):
     from skipat_deploy.measure.dataset import LabelledImages
 
-    items = tuple((Path(f"{c}_{i}.jpg"), c) for c, size in ((0, 60), (1, 30), (2, 10)) for i in range(size))
+    items = tuple((Path(f"{c}_{i}.jpg"), c) for c, size in ((0, 60), (1, 30), (2, 4)) for i in range(size))
     ds = LabelledImages(tmp_path, items, "test")
     sub = stratified_subset(ds, 20, seed=3)
-    counts = np.bincount(sub.labels, minlength=3)
-    assert counts.tolist() == [12, 6, 2]
+    assert np.bincount(sub.labels, minlength=3).tolist() == [8, 8, 4]  # the small class runs out
     assert stratified_subset(ds, 20, seed=3).items == sub.items
     assert stratified_subset(ds, 20, seed=4).items != sub.items
+    assert list(sub.items) == sorted(sub.items, key=items.index)  # the dataset's order
     assert stratified_subset(ds, 500).items == items
+
+
+def test_stratified_indices_cover_the_classes():
+    from skipat_deploy.measure.dataset import stratified_indices
+
+    labels = np.repeat(np.arange(10) * 7, 30)  # 10 classes in class order, as folders give them
+    ten = stratified_indices(labels, 10, seed=0)
+    assert len(set(labels[ten])) == 10 and len(ten) == 10
+    assert stratified_indices(labels, 10, seed=0).tolist() == ten.tolist()
+    assert stratified_indices(labels, 10, seed=1).tolist() != ten.tolist()
+    few = stratified_indices(labels, 4, seed=0)  # fewer than the classes: 4 classes chosen
+    assert len(set(labels[few])) == 4 and few.tolist() == stratified_indices(labels, 4, 0).tolist()
+    assert np.bincount(labels[stratified_indices(labels, 25)] // 7).tolist() == [3] * 5 + [2] * 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,3 +318,30 @@ def test_compare_eval_puts_accuracy_beside_latency(tmp_path, labelled, nano_ckpt
     with pytest.raises(UserError, match="trained --vit"):
         api.compare(None, nano_ckpts["skipat_nano_patch16"], tmp_path, resolutions=(224,),
                     backend="cpu", eval_dir=labelled["data"])
+
+
+def test_npu_and_num_samples_draw_per_class(tmp_path, nano_ckpts):
+    """10 classes in class order: --npu-samples 10 and --num-samples 10 each score one image of
+    every class (not the first class's images), the same ones for the same seed, and the
+    report lists them."""
+    data = tmp_path / "data"
+    for c in range(10):
+        for j in range(3):
+            _photo(data / WN[c * 50] / f"{c}_{j}.jpg", c * 3 + j)
+    q = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path / "q", precision="w8a8",
+                     backend="ort", num_calib=4, num_eval=2)
+    r = api.evaluate(data, model=q.qdq_onnx, out_dir=tmp_path / "e", targets=("qdq", "npu"),
+                     npu_samples=10)
+    qdq, npu = r.targets
+    assert qdq.n == 30 and qdq.num_classes == 10 and len(qdq.image_files) == 30
+    assert npu.n == 10 and npu.num_classes >= 8
+    assert len({f.split("/")[0] for f in npu.image_files}) == npu.num_classes
+    assert all((data / f).is_file() for f in npu.image_files)
+    doc = json.loads(r.files["json"].read_text())
+    assert doc["targets"][1]["image_files"] == npu.image_files and doc["targets"][1]["num_classes"] == 10
+    md = r.files["markdown"].read_text()
+    assert "| classes |" in md and npu.image_files[0] in md
+    subs = [api.evaluate(data, model=q.qdq_onnx, out_dir=tmp_path / f"s{i}", targets=("qdq",),
+                         num_samples=10, seed=seed).targets[0] for i, seed in enumerate((5, 5, 6))]
+    assert subs[0].num_classes == 10 and subs[0].image_files == subs[1].image_files
+    assert subs[2].image_files != subs[0].image_files

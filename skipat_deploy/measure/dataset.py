@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import csv
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from ..calibration import spread
 from ..errors import UserError
 from ..imagenet import synset_index
 from ..preprocess import IMAGE_SUFFIXES
@@ -204,24 +204,32 @@ def _looks_like_label(text: str) -> bool:
     return text.isdigit() or bool(WNID.match(text))
 
 
+def stratified_indices(labels: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
+    """Indices (ascending) of a seeded sample of ``n`` of ``labels`` stratified by class: the
+    classes in sorted order, spread as calibration spreads subfolders (round-robin while ``n``
+    allows every class, else a seeded choice of classes; :func:`~skipat_deploy.calibration.spread`)
+    and a seeded permutation inside each class; all of them when ``n`` is None or too many."""
+    labels = np.asarray(labels)
+    if n is None or n >= len(labels):
+        return np.arange(len(labels))
+    if n < 1:
+        raise DatasetError(f"the sample size must be at least 1, got {n}")
+    classes = np.unique(labels)
+    members = [np.flatnonzero(labels == c) for c in classes]
+    perms = [m[np.random.default_rng([seed, int(c)]).permutation(len(m))] for c, m in zip(classes, members)]
+    taken = [0] * len(classes)
+    out = []
+    for g in spread([len(m) for m in members], n, [seed, len(classes)]):
+        out.append(perms[g][taken[g]])
+        taken[g] += 1
+    return np.sort(np.asarray(out, dtype=np.int64))
+
+
 def stratified_subset(ds: LabelledImages, n: int | None, seed: int = 0) -> LabelledImages:
-    """``n`` items drawn without replacement, each class in proportion to its size (systematic
-    sampling over a seeded shuffle within each class); all of them when ``n`` is None or at
-    least the dataset's size."""
+    """``n`` items of ``ds`` stratified by class (:func:`stratified_indices`), in the dataset's
+    order; all of them when ``n`` is None or at least the dataset's size."""
     if n is None or n >= len(ds.items):
         return ds
     if n < 1:
         raise DatasetError(f"--num-samples must be at least 1, got {n}")
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list[tuple[Path, int]]] = defaultdict(list)
-    for item in ds.items:
-        by_class[item[1]].append(item)
-    keyed = []
-    for label in sorted(by_class):
-        members = by_class[label]
-        offset = rng.random()
-        for rank, j in enumerate(rng.permutation(len(members))):
-            keyed.append(((rank + offset) / len(members), rng.random(), members[j]))
-    keyed.sort(key=lambda k: (k[0], k[1]))
-    chosen = sorted((k[2] for k in keyed[:n]), key=lambda it: str(it[0]))
-    return replace(ds, items=tuple(chosen))
+    return replace(ds, items=tuple(ds.items[i] for i in stratified_indices(ds.labels, n, seed)))

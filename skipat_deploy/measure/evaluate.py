@@ -90,9 +90,21 @@ class EvalImages:
     paths: list[str]
     preprocess: Preprocess
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    root: Path | None = None  # the dataset folder, which reported paths are relative to
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def files(self) -> list[str]:
+        """The images, as reported: relative to the dataset folder."""
+        if self.root is None:
+            return list(self.paths)
+        return [Path(p).relative_to(self.root).as_posix() for p in self.paths]
+
+    def take(self, idx: np.ndarray) -> EvalImages:
+        """The images at ``idx``, in that order."""
+        return EvalImages(self.crops[idx], self.labels[idx], [self.paths[i] for i in idx],
+                          self.preprocess, [], self.root)
 
     def batches(self, size: int, limit: int | None = None) -> Iterator[np.ndarray]:
         """Normalised NCHW float32 batches of exactly ``size`` (the last padded by repeating
@@ -124,7 +136,7 @@ def load_images(ds: LabelledImages, size: int, pp: Preprocess, step: Step = lamb
     if not crops:
         raise UserError(f"none of the {len(ds.items)} images under {ds.root} could be read "
                         f"(first: {unreadable[0][1]})")
-    return EvalImages(np.stack(crops), np.asarray(labels, np.int64), paths, pp, unreadable)
+    return EvalImages(np.stack(crops), np.asarray(labels, np.int64), paths, pp, unreadable, ds.root)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +242,8 @@ class TargetScore:
     top1_drop_ci: tuple[float, float] | None
     seconds: float
     note: str | None = None
+    image_files: list[str] = field(default_factory=list)  # the images scored, relative to the dataset
+    num_classes: int = 0  # classes those images cover
 
     @property
     def drop_is_noise(self) -> bool | None:
@@ -246,9 +260,10 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def score(name: str, logits: np.ndarray, labels: np.ndarray, model: str | None, seconds: float,
-          reference: np.ndarray | None = None, note: str | None = None) -> TargetScore:
+          reference: np.ndarray | None = None, note: str | None = None,
+          files: list[str] | None = None) -> TargetScore:
     """Score ``logits`` against ``labels``; against ``reference`` (the float model's logits on
-    the same images, at least as many) when given."""
+    the same images, at least as many) when given. ``files``: the images, for the report."""
     from ..metrics import sqnr_db
 
     n = len(logits)
@@ -264,7 +279,7 @@ def score(name: str, logits: np.ndarray, labels: np.ndarray, model: str | None, 
     return TargetScore(name, RUNS_ON[name], model, n, float(correct.mean()),
                        float(topk_correct(logits, labels, 5).mean()),
                        wilson_interval(int(correct.sum()), n), agreement, sqnr, drop, drop_ci,
-                       seconds, note)
+                       seconds, note, list(files or [])[:n], len(np.unique(labels)))
 
 
 @dataclass
@@ -316,18 +331,21 @@ def markdown(result: EvaluateResult) -> str:
         + (f", {len(result.unreadable)} unreadable skipped" if result.unreadable else "") + ".",
         f"Reference for agreement and drop: {result.reference or 'none (no float target)'}.",
         "",
-        "| target | runs on | n | top-1 % | 95 % CI | top-5 % | agreement % | logit SQNR dB | "
+        "| target | runs on | n | classes | top-1 % | 95 % CI | top-5 % | agreement % | logit SQNR dB | "
         "top-1 drop (points) | drop 95 % CI | time s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in result.targets:
         ci = f"{_pct(t.top1_ci[0])} – {_pct(t.top1_ci[1])}"
         dci = "-" if t.top1_drop_ci is None else f"{_pct(t.top1_drop_ci[0])} – {_pct(t.top1_drop_ci[1])}"
         sq = "-" if t.logit_sqnr_db is None else ("inf" if math.isinf(t.logit_sqnr_db) else f"{t.logit_sqnr_db:.1f}")
-        lines.append(f"| {t.name} | {t.runs_on} | {t.n} | {_pct(t.top1)} | {ci} | {_pct(t.top5)} | "
+        lines.append(f"| {t.name} | {t.runs_on} | {t.n} | {t.num_classes} | {_pct(t.top1)} | {ci} | {_pct(t.top5)} | "
                      f"{_pct(t.agreement)} | {sq} | {_pct(t.top1_drop)} | {dci} | {t.seconds:.1f} |")
     lines.append("")
     for t in result.targets:
+        if t.n < result.num_images and t.image_files:
+            lines.append(f"- {t.name} scored {t.n} images of {t.num_classes} classes: "
+                         + ", ".join(t.image_files))
         if t.note:
             lines.append(f"- {t.name}: {t.note}")
         if t.name in INT8_TARGETS and t.drop_is_noise:
