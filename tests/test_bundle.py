@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
+import stat
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -12,6 +18,7 @@ from typer.testing import CliRunner
 from skipat_deploy import api
 from skipat_deploy.bundle import BundleError, manifest_schema
 from skipat_deploy.cli import app
+from skipat_deploy.files import sha256_file
 
 pytest.importorskip("onnxruntime_qnn")
 
@@ -121,6 +128,212 @@ def test_cli_verify_fails_in_one_line_naming_the_binary(built, tmp_path):
     (line,) = res.output.strip().splitlines()
     assert line.startswith(f"error: {binary}:")
     assert CliRunner().invoke(app, ["verify", str(built.folders[0])]).exit_code == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile bundles: each refused in one line naming the entry, exit 2, nothing outside read.
+
+def _write_manifest(folder, m):
+    (folder / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+def _rehash(folder, rel):
+    """Make the manifest agree with a changed file, as someone crafting a bundle would."""
+    m = _manifest(folder)
+    (e,) = [e for e in m["files"] if e["path"] == rel]
+    e["sha256"], e["size_bytes"] = sha256_file(folder / rel), (folder / rel).stat().st_size
+    _write_manifest(folder, m)
+
+
+def _refused(target, *names):
+    """`verify` through the CLI: exit 2, one line naming each of ``names``, no traceback."""
+    res = CliRunner().invoke(app, ["verify", str(target)])
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
+    (line,) = res.output.strip().splitlines()
+    assert line.startswith("error: ")
+    for name in names:
+        assert name in line
+    return line
+
+
+@pytest.fixture
+def reads_only_under(monkeypatch):
+    """The folders verify may hash, parse or run files in; anything else fails the test."""
+    import onnx
+
+    module = importlib.import_module("skipat_deploy.bundle.verify")
+    allowed = []
+
+    def guard(fn):
+        def wrapped(path, *args, **kwargs):
+            real = Path(path).resolve()
+            assert any(real.is_relative_to(a) for a in allowed), f"verify read {real}"
+            return fn(path, *args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(module, "sha256_file", guard(module.sha256_file))
+    monkeypatch.setattr(module, "cpu_session", guard(module.cpu_session))
+    monkeypatch.setattr(onnx, "load", guard(onnx.load))
+    return allowed
+
+
+def _guarded_copy(built, tmp_path, allowed):
+    folder = _copy(built, tmp_path / "in")
+    allowed.append(folder.resolve())
+    return folder
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute"])
+def test_verify_refuses_a_listed_path_leading_out(built, tmp_path, reads_only_under, how):
+    folder = _guarded_copy(built, tmp_path, reads_only_under)
+    m = _manifest(folder)
+    entry = m["files"][0]  # the float model, moved out of the folder, intact
+    outside = tmp_path / "in" / "outside.onnx"
+    (folder / entry["path"]).rename(outside)
+    entry["path"] = "../outside.onnx" if how == "dotdot" else str(outside)
+    _write_manifest(folder, m)
+    _refused(folder, "manifest.json", repr(entry["path"]),
+             "goes up out of the folder" if how == "dotdot" else "is absolute")
+
+
+@pytest.mark.parametrize("what", ["file", "parent folder"])
+def test_verify_refuses_a_symlink_leading_out(built, tmp_path, reads_only_under, what):
+    folder = _guarded_copy(built, tmp_path, reads_only_under)
+    (link,) = [folder / "labels.txt"] if what == "file" else folder.glob("*.aimet")
+    outside = tmp_path / "elsewhere" / link.name
+    outside.parent.mkdir()
+    link.rename(outside)  # the same bytes: only where they are is wrong
+    link.symlink_to(outside, target_is_directory=outside.is_dir())
+    _refused(folder, f"{folder}/{link.name}", "outside the bundle folder")
+
+
+def _point_external(model_path, location):
+    """Move the first initializer's bytes out of the model: external data at ``location``."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    t = model.graph.initializer[0]
+    data = onnx.numpy_helper.to_array(t).tobytes()
+    for f in ("raw_data", "float_data", "int32_data", "int64_data"):
+        t.ClearField(f)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", str(len(data)))):
+        t.external_data.add(key=k, value=v)
+    model_path.write_bytes(model.SerializeToString())
+    return t.name, data
+
+
+@pytest.mark.parametrize("location, reason", [("../weights.bin", "goes up"),
+                                              ("ABSOLUTE", "is absolute"),
+                                              ("missing.bin", "is missing")])
+def test_verify_refuses_external_data_outside_or_missing(built, tmp_path, reads_only_under,
+                                                         location, reason):
+    folder = _guarded_copy(built, tmp_path, reads_only_under)
+    rel = _manifest(folder)["files"][0]["path"]
+    outside = tmp_path / "in" / "weights.bin"
+    location = str(outside) if location == "ABSOLUTE" else location
+    name, data = _point_external(folder / rel, location)
+    outside.write_bytes(data)  # there, and right: only where it is is wrong
+    _rehash(folder, rel)
+    _refused(folder, f"{folder}/{rel}", repr(name), "external data", reason)
+
+
+@pytest.mark.parametrize("other", ["other_qnn.bin", "../evil_qnn.bin"])
+def test_verify_refuses_a_context_model_naming_another_binary(built, tmp_path, reads_only_under,
+                                                              other):
+    import onnx
+
+    folder = _guarded_copy(built, tmp_path, reads_only_under)
+    (ctx,) = folder.glob("*.ctx.onnx")
+    (binary,) = folder.glob("*.ctx_qnn.bin")
+    target = (folder / other).resolve()
+    shutil.copy(binary, target)
+    m = _manifest(folder)
+    if target.parent == folder:  # listed, for another device: still not this model's binary
+        (b,) = [e for e in m["files"] if e["role"] == "context_binary"]
+        m["files"].append({**b, "path": other, "device": "Galaxy S24", "soc": "SM8650",
+                           "hexagon": "v75"})
+        _write_manifest(folder, m)
+    model = onnx.load(str(ctx))
+    (node,) = [n for n in model.graph.node if n.op_type == "EPContext"]
+    (attr,) = [a for a in node.attribute if a.name == "ep_cache_context"]
+    assert attr.s == binary.name.encode()
+    attr.s = other.encode()
+    onnx.save(model, str(ctx))
+    _rehash(folder, ctx.name)
+    line = _refused(folder, f"{folder}/{ctx.name}", "EPContext", repr(other))
+    assert ("not the context binary the manifest lists beside it" in line) == (
+        target.parent == folder)
+
+
+@pytest.mark.parametrize("extra", ["extra.txt", "alias.onnx", "more/x.bin"])
+def test_verify_refuses_a_file_the_manifest_does_not_list(built, tmp_path, reads_only_under,
+                                                         extra):
+    folder = _guarded_copy(built, tmp_path, reads_only_under)
+    path = folder / extra
+    path.parent.mkdir(exist_ok=True)
+    if extra == "alias.onnx":  # a symlink, even to a listed file inside
+        path.symlink_to(folder / _manifest(folder)["files"][0]["path"])
+    else:
+        path.write_text("x")
+    _refused(folder, f"{folder}/{extra}", "not listed in manifest.json")
+
+
+def test_verify_accepts_the_zip(built):
+    (z,) = built.zips
+    assert not [p for p in z.parent.iterdir() if p.name.startswith(".")]  # no partial left
+    r = api.verify(z)
+    assert r.folder == z and r.files_checked == 8 and len(r.smoke) == 3
+    res = CliRunner().invoke(app, ["verify", str(z)])
+    assert res.exit_code == 0, res.output
+    assert "OK" in res.output
+
+
+def _hostile_zip(built, tmp_path, how):
+    src, dst = built.zips[0], tmp_path / "hostile.zip"
+    top = built.folders[0].name
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, zin.read(info))
+        if how == "symlink":
+            info = zipfile.ZipInfo(f"{top}/labels.txt.lnk")
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zout.writestr(info, "/etc/passwd")
+        elif how == "duplicate":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # zipfile warns; verify must refuse
+                zout.writestr(f"{top}/labels.txt", "not the labels\n")
+        else:
+            name = {"dotdot": f"{top}/../../evil.txt", "absolute": "/tmp/evil.txt",
+                    "backslash": f"{top}\\..\\..\\evil.txt", "two folders": "other/evil.txt",
+                    "extra": f"{top}/evil.txt"}[how]
+            zout.writestr(name, "x")
+    return dst, top
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "backslash", "symlink", "duplicate",
+                                 "two folders", "extra"])
+def test_verify_refuses_a_hostile_zip(built, tmp_path, how):
+    z, top = _hostile_zip(built, tmp_path, how)
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.iterdir())
+    reason = {"dotdot": "goes up", "absolute": "is absolute", "backslash": "backslash",
+              "symlink": "is a symlink", "duplicate": "appears twice", "two folders": "one folder",
+              "extra": f"{z}:{top}/evil.txt: not listed"}[how]
+    _refused(z, str(z), reason)
+    after = set(tmp.iterdir())
+    assert not [p for p in after - before if "skipat-verify" in p.name or "evil" in p.name]
+
+
+def test_schema_path_pattern_refuses_paths_leading_out(built):
+    m = _manifest(built.folders[0])
+    for bad in ("../x", "/abs", "a/../b", "a\\b", "C:x"):
+        m["files"][0]["path"] = bad
+        with pytest.raises(jsonschema.ValidationError, match="does not match"):
+            jsonschema.validate(m, manifest_schema())
+    m["files"][0]["path"] = "x.aimet/model.onnx"
+    jsonschema.validate(m, manifest_schema())
 
 
 def test_bundle_quantizes_once_per_hexagon_version(tmp_path, nano_ckpts, monkeypatch):
