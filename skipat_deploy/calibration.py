@@ -192,27 +192,6 @@ def draw(listing: Listing, n: int, seed: int = 0, held_out: int = 0) -> tuple[Im
                            root=folder, pool=pool)
 
 
-def find_images(folder: str | Path, what: str = "--calib") -> ImageSet:
-    """Every usable image under ``folder``, each one decoded to find out (for small folders;
-    calibration uses :func:`draw`, which decodes only the files drawn)."""
-    listing = list_images(folder, what)
-    images, unusable = [], []
-    for g, (_, files) in enumerate(listing.groups):
-        for i in range(len(files)):
-            p = listing.path(g, i)
-            try:
-                open_rgb(p)
-                images.append(p)
-            except UserError as e:
-                unusable.append(str(e).replace(str(p), p.name))
-    if not images:
-        found = f" ({len(unusable)} images could not be used: {'; '.join(unusable[:3])})" if unusable else ""
-        raise UserError(f"{what} folder {listing.folder} holds no usable image{found}; give a folder of "
-                        f"photos ({', '.join(IMAGE_SUFFIXES)})")
-    return ImageSet(tuple(images), f"{what} {listing.folder}", listing.skipped, tuple(unusable),
-                    root=listing.folder)
-
-
 def bundled_photos() -> tuple[ImageSet, ImageSet]:
     """(calibration, evaluation): scikit-image's photos; scikit-learn's and matplotlib's."""
     import matplotlib
@@ -291,14 +270,3 @@ def load_samples(images: ImageSet, size: int, pp: Preprocess, count: int,
 def image_batch(images: ImageSet, size: int, pp: Preprocess, count: int, seed: int = 0) -> np.ndarray:
     """``count`` samples (N, 3, size, size): every image once, then further views in turn."""
     return load_samples(images, size, pp, count, seed)[1]
-
-
-def split(images: ImageSet, eval_fraction: float = 0.25) -> tuple[ImageSet, ImageSet]:
-    """A disjoint (calibration, evaluation) split by file, every 4th file held out."""
-    if len(images.paths) < 2:
-        raise UserError(f"{images.source} has one image: give --eval DIR or more images")
-    step = max(2, round(1 / eval_fraction))
-    held = tuple(p for i, p in enumerate(images.paths) if i % step == step - 1) or images.paths[-1:]
-    kept = tuple(p for p in images.paths if p not in held)
-    return (ImageSet(kept, images.source, images.skipped),
-            ImageSet(held, f"{images.source} (held-out split)"))

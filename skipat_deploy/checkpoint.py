@@ -31,13 +31,46 @@ from .files import sha256_file
 from .errors import ArchitectureError, CheckpointError, UnsafeCheckpointError
 from .models.config import DEFAULT_SKIP_INDICES, SKIPAT, VIT, ArchConfig
 from .models.registry import ModelSpec, build_model, get_spec, match_spec
-from .preprocess import PreprocessOverrides, resolve
+from .options import option
+from .preprocess import FIELDS, INTERPOLATIONS, PreprocessOverrides, parse_number, parse_rgb, resolve
 
 CONTAINER_KEYS = ("model", "state_dict_ema", "state_dict", "model_ema")
 TORCH_SUFFIXES = (".pth", ".pt", ".t7", ".pth.tar", ".tar", ".bin", ".ckpt")
 # Keys some checkpoints carry that the exported model has no use for (timm drops them too).
 IGNORED_KEYS = ("mask_token",)
 DEFAULT_HEAD_DIM = 64
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """What loads a checkpoint (:func:`skipat_deploy.api.load`): the file, the architecture
+    facts the weights do not carry, and pre-processing that replaces the checkpoint's own
+    (given > the checkpoint's > the spec's default, value by value)."""
+
+    ckpt: Path | None = option(None, "Checkpoint (.pth .pt .t7 .pth.tar .bin .safetensors); none = freshly initialised --arch.")
+    arch: str | None = option(None, "Registered architecture to use instead of the inferred one (`skipat-deploy models`).")
+    skip_indices: tuple[int, ...] | None = option(None, "SkipAt blocks replaced by Φ, 0-based, e.g. 3,4,5,6,7,8.", parse="ints")
+    head_dim: int = option(DEFAULT_HEAD_DIM, "Attention head dim (heads are not stored in weights).")
+    allow_code_execution: bool = option(False, "Unpickle with arbitrary code execution (only for checkpoints you trust).", flag="--allow-code-execution")
+    mean: tuple[float, float, float] | None = option(None, "Normalisation mean per channel, pixels in [0, 1] (timm's augreg ViTs: 0.5,0.5,0.5). Default: the checkpoint's pretrained_cfg / args / config.json, else the architecture's (a guess, with a notice).", metavar="R,G,B", parse=parse_rgb, show_default=False)
+    std: tuple[float, float, float] | None = option(None, "Normalisation std per channel (default as --mean).", metavar="R,G,B", parse=parse_rgb, show_default=False)
+    crop_pct: float | None = option(None, "Resize to size / F, then center-crop, in (0, 1] (default as --mean).", metavar="F", parse=parse_number, show_default=False)
+    interpolation: str | None = option(None, f"Resize filter: {', '.join(INTERPOLATIONS[:-1])} or {INTERPOLATIONS[-1]} (default as --mean).", metavar="NAME", show_default=False, choices=INTERPOLATIONS)
+
+    @property
+    def preprocess(self) -> PreprocessOverrides:
+        return PreprocessOverrides(*(getattr(self, n) for n in FIELDS))
+
+    def with_preprocess(self, given: PreprocessOverrides | None) -> "LoadConfig":
+        """These options with the set values of ``given`` (the API's ``preprocess=``)."""
+        if not given:
+            return self
+        return replace(self, **{n: getattr(given, n) for n in FIELDS if getattr(given, n) is not None})
+
+    def check(self) -> "LoadConfig":
+        """Refuse given pre-processing that cannot be right, before any slow work."""
+        self.preprocess.check()
+        return self
 # Where a torch file keeps the model's pretrained config (timm; ``default_cfg`` is the older
 # name), lowest precedence first. A training checkpoint's ``args`` beat both, as in timm's
 # resolve_data_config: they are what the run was trained with.

@@ -18,6 +18,13 @@ from .errors import UserError
 DEFAULT_DEVICE = "Galaxy S22"
 
 
+def device_option(help: str = "Target phone, by name or alias (`skipat-deploy devices`).", **facts):
+    """The --device option, declared once for every config that targets one phone."""
+    from .options import option
+
+    return option(DEFAULT_DEVICE, help, **facts)
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str

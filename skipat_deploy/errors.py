@@ -56,3 +56,8 @@ class RewriteError(Exception):
     """A rewrite meant to keep the float function (LayerScale / LayerNorm folding, rotation,
     equalization) changed what the model computes on the user's own weights: a bug, caught
     before anything is quantized or written."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (CI cancelling a job), raised like Ctrl-C's ``KeyboardInterrupt`` so that every
+    cleanup runs (:func:`skipat_deploy.staging.interrupts_as_exceptions`); the CLI exits 143."""

@@ -199,6 +199,9 @@ def _number(text: str | float | None, flag: str) -> float | None:
         raise UserError(f"{flag} {text!r} must be a number, e.g. 0.9") from None
 
 
+parse_rgb, parse_number = _triple, _number  # the command line's --mean / --std, --crop-pct
+
+
 def _problem(name: str, value) -> str | None:
     """Why ``value`` cannot be this field's, or None."""
     if name in ("mean", "std"):

@@ -246,13 +246,19 @@ def test_cli_json_gate_and_exit_codes(tmp_path, labelled, monkeypatch):
     drop = qdq["top1_drop"] * 100
     assert ok.exit_code == (ev.GATE_EXIT_CODE if drop > 0 else 0), ok.stderr
     # An INT8 model that gets every answer wrong: the gate names it and exits 4.
-    real = ev.onnx_logits
+    from dataclasses import replace as dc_replace
 
-    def wrong(path, images, name, step=lambda m: None):
-        y = real(path, images, name, step)
-        return -y if name == "qdq" else y
+    from skipat_deploy.measure import targets
 
-    monkeypatch.setattr(ev, "onnx_logits", wrong)
+    real = targets.TARGETS["qdq"]
+
+    def wrong(src):
+        r = real.make(src)
+        run = r.run
+        r.run = lambda x: -run(x)
+        return r
+
+    monkeypatch.setitem(targets.TARGETS, "qdq", dc_replace(real, make=wrong))
     bad = runner.invoke(app, [str(a) for a in args + ["--max-top1-drop", "10"]])
     assert bad.exit_code == ev.GATE_EXIT_CODE
     assert "qdq" in bad.stderr and "gate" in bad.stderr
@@ -345,3 +351,44 @@ def test_npu_and_num_samples_draw_per_class(tmp_path, nano_ckpts):
                          num_samples=10, seed=seed).targets[0] for i, seed in enumerate((5, 5, 6))]
     assert subs[0].num_classes == 10 and subs[0].image_files == subs[1].image_files
     assert subs[2].image_files != subs[0].image_files
+
+
+def test_ctrl_c_in_a_real_process_then_the_same_command_resumes(tmp_path, nano_ckpts):
+    """A real ``skipat-deploy evaluate`` process, Ctrl-C (SIGINT) once it has scored a first
+    group, on the real clock: one line, non-zero exit, no report; the same command then
+    continues from the scored images, says so, and reports what a run without the
+    interruption reports."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "data"
+    for i in range(1200):
+        _photo(data / str(i % 4) / f"{i:05d}.png", i, size=(72, 64))
+    (r,) = api.export(nano_ckpts["vit_nano_patch16"], tmp_path / "m", resolutions=(224,))
+    cmd = [sys.executable, "-c", "from skipat_deploy.cli import main; main()", "evaluate", "--model", str(r.path),
+           "--data", str(data), "--out", str(tmp_path / "out"), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cache = tmp_path / "out" / ev.CACHE
+    deadline = time.monotonic() + 120
+    while not list(cache.rglob("*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted: use more images"
+    proc.send_signal(signal.SIGINT)
+    out, errs = proc.communicate(timeout=60)
+    assert proc.returncode == 130, errs
+    assert "Traceback" not in errs and "interrupted" in errs.strip().splitlines()[-1]
+    scored = len(list(cache.rglob("*.npz")))
+    assert scored >= 1 and not list((tmp_path / "out").glob("*.evaluate.*"))
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert any(n.startswith("resumed: onnx had") for n in doc["notices"]), doc["notices"]
+    assert not cache.exists()  # the scores are in the report now
+    fresh = api.evaluate(data, model=r.path, out_dir=tmp_path / "fresh")
+    (t,) = doc["targets"]
+    assert t["n"] == fresh.targets[0].n == 1200
+    assert t["top1"] == fresh.targets[0].top1 and t["image_files"] == fresh.targets[0].image_files

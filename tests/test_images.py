@@ -42,7 +42,9 @@ def odd_folder(tmp_path):
 
 
 def test_odd_images_are_converted_and_unusable_ones_listed(odd_folder):
-    found = calibration.find_images(odd_folder)
+    listing = calibration.list_images(odd_folder)
+    drawn, _ = calibration.draw(listing, listing.count)
+    found, x = calibration.load_samples(drawn, 224, Preprocess(), 9)
     names = sorted(p.name for p in found.paths)
     assert names == ["alpha.png", "cmyk.jpg", "deep16.png", "grey.png", "palette.png",
                      "rotated.jpg", "small.png"]
@@ -51,7 +53,6 @@ def test_odd_images_are_converted_and_unusable_ones_listed(odd_folder):
     assert "broken.jpg" in reasons and "tiny.png" in reasons and "too small" in reasons
     notices = found.notices("--calib")
     assert len(notices) == 2 and "2 images that cannot be used" in notices[1]
-    x = calibration.image_batch(found, 224, Preprocess(), 9)
     assert x.shape == (9, 3, 224, 224) and np.isfinite(x).all()
 
 
@@ -66,6 +67,7 @@ def test_a_folder_with_no_usable_image_is_one_clear_error(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (tmp_path / "readme.md").write_text("hello")
     with pytest.raises(UserError) as e:
-        calibration.find_images(tmp_path)
+        calibration.load_samples(calibration.draw(calibration.list_images(tmp_path), 4)[0], 224,
+                                 Preprocess(), 4)
     msg = str(e.value)
     assert "no usable image" in msg and "broken.png" in msg and "\n" not in msg

@@ -206,9 +206,9 @@ def test_cli_quantize_json(tmp_path, nano_ckpts, photos):
 
 
 def test_calibration_split_is_disjoint_and_recursive(photos):
-    found = calibration.find_images(photos)
-    assert len(found.paths) == 6 and [p.name for p in found.skipped] == ["notes.txt"]
-    cal, ev = calibration.split(found)
+    listing = calibration.list_images(photos)
+    assert listing.count == 6 and [p.name for p in listing.skipped] == ["notes.txt"]
+    cal, ev = calibration.draw(listing, 4, held_out=2)
     assert set(cal.paths).isdisjoint(ev.paths) and len(cal.paths) + len(ev.paths) == 6
     x = calibration.image_batch(cal, 224, Preprocess(), 10)
     assert x.shape == (10, 3, 224, 224) and x.dtype == np.float32

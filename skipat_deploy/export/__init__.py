@@ -6,6 +6,7 @@ checks an ONNX model against reference outputs and runs models on ONNX Runtime's
 """
 
 from .onnx_export import (
+    DEFAULT_RESOLUTION,
     DEFAULT_RESOLUTIONS,
     INPUT_NAME,
     METADATA_KEY,
@@ -22,7 +23,7 @@ from .samples import sample_inputs
 from .validate import cpu_session, run_qdq_cpu, validate_onnx
 
 __all__ = [
-    "DEFAULT_RESOLUTIONS", "INPUT_NAME", "METADATA_KEY", "ExportConfig", "ExportResult",
+    "DEFAULT_RESOLUTION", "DEFAULT_RESOLUTIONS", "INPUT_NAME", "METADATA_KEY", "ExportConfig", "ExportResult",
     "artifact_name", "check_resolution", "cpu_session", "export_onnx", "fresh_checkpoint",
     "output_name", "read_metadata", "run_qdq_cpu", "sample_inputs", "validate_onnx",
 ]

@@ -1,7 +1,8 @@
 """Export a checkpoint to static-grid ONNX and prove it computes what PyTorch computes.
 
-One function, :func:`export_onnx`: checkpoint -> one ``.onnx`` per resolution, each written
-atomically (nothing sits at the final path until it has passed every check). Per resolution:
+One function, :func:`export_onnx`: checkpoint -> one ``.onnx`` per resolution, written as one
+staged set (:mod:`skipat_deploy.staging`: nothing sits at a final path until every resolution
+has passed every check). Per resolution:
 
 1. build the model for the grid, resampling ``pos_embed`` (timm's convention);
 2. ``torch.onnx.export`` with static shapes at opset 20, where GELU is one ``Gelu`` op (the HTP
@@ -16,7 +17,7 @@ atomically (nothing sits at the final path until it has passed every check). Per
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,13 +30,16 @@ import torch
 from .. import __version__
 from ..checkpoint import LoadedCheckpoint, load_weights
 from ..errors import ExportValidationError, ResolutionError, UserError
-from ..files import artifact_stem, atomic_path, sha256_file
+from ..files import artifact_stem, sha256_file
 from ..models.registry import build_model, init_weights, get_spec
+from ..options import option
+from ..staging import Stage, staged
 from .validate import cpu_session, run_all, validate_onnx
 
 INPUT_NAME = "image"
 METADATA_KEY = "skipat_deploy"
-DEFAULT_RESOLUTIONS = (224, 384)
+DEFAULT_RESOLUTION = 224  # px: every command that makes one model from a checkpoint
+DEFAULT_RESOLUTIONS = (DEFAULT_RESOLUTION, 384)
 # onnxsim folds constants and fuses ops; anything beyond float rounding noise (relative to the
 # outputs' magnitude) is a bug.
 SIMPLIFY_ATOL = 1e-5
@@ -44,8 +48,8 @@ FORBIDDEN_OPS = {"Erf"}  # not supported by the Hexagon NPU
 
 @dataclass(frozen=True)
 class ExportConfig:
-    resolutions: tuple[int, ...] = DEFAULT_RESOLUTIONS
-    batch_size: int = 1
+    resolutions: tuple[int, ...] = option(DEFAULT_RESOLUTIONS, "Input size in px (repeatable).", flag="--resolution", repeat=True)
+    batch_size: int = option(1, "Static batch size of the exported graph.", flag="--batch")
     opset: int = 20
     simplify: bool = True
     num_validation_inputs: int = 2
@@ -164,13 +168,14 @@ def validation_inputs(resolution: int, cfg: ExportConfig) -> list[np.ndarray]:
 
 
 def _export_one(
-    ckpt: LoadedCheckpoint, resolution: int, out_dir: Path, cfg: ExportConfig, step: Callable,
+    ckpt: LoadedCheckpoint, resolution: int, stage: Stage, cfg: ExportConfig, step: Callable,
     model=None,
 ) -> ExportResult:
     t0 = time.perf_counter()
     grid = check_resolution(resolution, ckpt.arch.patch_size)
     out_name = output_name(ckpt)
-    final = out_dir / artifact_name(ckpt, resolution, cfg.batch_size)
+    part = stage.path(artifact_name(ckpt, resolution, cfg.batch_size))
+    final = stage.final(part)
     if model is None:
         step(f"{final.name}: build model at {grid}x{grid}")
         model = load_weights(build_model(ckpt.arch, grid), ckpt.state_dict, ckpt.spec.name)
@@ -179,51 +184,52 @@ def _export_one(
         expected = [{out_name: model(torch.from_numpy(x)).numpy()} for x in inputs]
     feeds = [{INPUT_NAME: x} for x in inputs]
 
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        step(f"{final.name}: torch.onnx.export (opset {cfg.opset})")
-        torch.onnx.export(
-            model,
-            (torch.from_numpy(inputs[0]),),
-            str(raw),
-            input_names=[INPUT_NAME],
-            output_names=[out_name],
-            opset_version=cfg.opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-        proto = onnx.load(str(raw))
-        step(f"{final.name}: onnx.checker")
-        onnx.checker.check_model(proto, full_check=True)
+    tmp = stage.scratch / str(resolution)
+    tmp.mkdir(exist_ok=True)
+    raw = tmp / "raw.onnx"
+    step(f"{final.name}: torch.onnx.export (opset {cfg.opset})")
+    torch.onnx.export(
+        model,
+        (torch.from_numpy(inputs[0]),),
+        str(raw),
+        input_names=[INPUT_NAME],
+        output_names=[out_name],
+        opset_version=cfg.opset,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    proto = onnx.load(str(raw))
+    step(f"{final.name}: onnx.checker")
+    onnx.checker.check_model(proto, full_check=True)
 
-        simplify_diff = None
-        if cfg.simplify:
-            step(f"{final.name}: onnxsim + numeric check")
-            import onnxsim
+    simplify_diff = None
+    if cfg.simplify:
+        step(f"{final.name}: onnxsim + numeric check")
+        import onnxsim
 
-            simplified, ok = onnxsim.simplify(proto)
-            if not ok:
-                raise ExportValidationError(str(final), ["onnxsim could not verify its result"])
-            simp = Path(tmp) / "simplified.onnx"
-            onnx.save(simplified, str(simp))
-            reference = run_all(cpu_session(str(raw)), feeds)
-            scale = max(1.0, max(float(np.abs(v).max()) for r in reference for v in r.values()))
-            simplify_diff = validate_onnx(str(simp), feeds, reference, SIMPLIFY_ATOL * scale, 0.0)
-            proto = simplified
+        simplified, ok = onnxsim.simplify(proto)
+        if not ok:
+            raise ExportValidationError(str(final), ["onnxsim could not verify its result"])
+        simp = tmp / "simplified.onnx"
+        onnx.save(simplified, str(simp))
+        reference = run_all(cpu_session(str(raw)), feeds)
+        scale = max(1.0, max(float(np.abs(v).max()) for r in reference for v in r.values()))
+        simplify_diff = validate_onnx(str(simp), feeds, reference, SIMPLIFY_ATOL * scale, 0.0)
+        proto = simplified
 
-        bad_ops = sorted({n.op_type for n in proto.graph.node} & FORBIDDEN_OPS)
-        if bad_ops:
-            raise ExportValidationError(str(final), [f"graph contains {bad_ops} (not NPU-runnable)"])
-        meta = model_metadata(ckpt, resolution, cfg)
-        proto.doc_string = f"{ckpt.spec.name} at {resolution}px, exported by skipat-deploy"
-        del proto.metadata_props[:]
-        proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True))
+    bad_ops = sorted({n.op_type for n in proto.graph.node} & FORBIDDEN_OPS)
+    if bad_ops:
+        raise ExportValidationError(str(final), [f"graph contains {bad_ops} (not NPU-runnable)"])
+    meta = model_metadata(ckpt, resolution, cfg)
+    proto.doc_string = f"{ckpt.spec.name} at {resolution}px, exported by skipat-deploy"
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True))
 
-        step(f"{final.name}: validate against PyTorch")
-        tol = ckpt.spec.tolerance
-        with atomic_path(final) as part:
-            onnx.save(proto, str(part))
-            max_diff = validate_onnx(str(part), feeds, expected, tol.atol, tol.rtol)
+    step(f"{final.name}: validate against PyTorch")
+    tol = ckpt.spec.tolerance
+    onnx.save(proto, str(part))
+    max_diff = validate_onnx(str(part), feeds, expected, tol.atol, tol.rtol)
+    shutil.rmtree(tmp)
 
     return ExportResult(
         path=final,
@@ -236,8 +242,8 @@ def _export_one(
         input_shape=tuple(inputs[0].shape),
         output_name=out_name,
         output_shape=tuple(expected[0][out_name].shape),
-        sha256=sha256_file(final),
-        size_bytes=final.stat().st_size,
+        sha256=sha256_file(part),
+        size_bytes=part.stat().st_size,
         seconds=time.perf_counter() - t0,
         max_abs_diff=max_diff,
         simplify_max_abs_diff=simplify_diff,
@@ -266,6 +272,5 @@ def export_onnx(
         check_resolution(r, ckpt.arch.patch_size)
     if config.batch_size < 1:
         raise ResolutionError(f"batch size must be at least 1, got {config.batch_size}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [_export_one(ckpt, r, out_dir, config, step, model) for r in config.resolutions]
+    with staged(out_dir) as stage:
+        return [_export_one(ckpt, r, stage, config, step, model) for r in config.resolutions]

@@ -14,20 +14,25 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..devices import DEFAULT_DEVICE, DeviceProfile
+from ..devices import DeviceProfile, device_option
 from ..errors import UserError
 from ..npu import hub as hub_mod
-from ..npu.compile import CompileConfig
-from .latency import Ratio, interleaved, ratio_interval
-from .profile import submit_device_profile
+from ..export import DEFAULT_RESOLUTIONS
+from ..npu.compile import CompileConfig, hub_timeout_option
+from ..options import option
+from .latency import Ratio, auto_backend_option, interleaved, ratio_interval, threads_option
+from .profile import LATENCY_PRECISION, submit_device_profile
 
 FAMILIES = ("vit", "skipat")
 DEFAULT_ARCHS = {"vit": "vit_tiny_patch16", "skipat": "skipat_tiny_patch16"}
+# The two INT8 models, named the same way in every output: what each backend measures as "INT8"
+# (cpu: quant.cpu's model for ONNX Runtime's integer kernels; hub: the QDQ model the NPU runs,
+# scored on the CPU for --eval).
+INT8_MODEL = {"cpu": "the CPU INT8 model", "hub": "the NPU's QDQ model"}
 # The paper's Table 3: Galaxy S22 NPU, INT8, ms.
 PAPER_S22_MS = {("vit", 224): 5.65, ("vit", 384): 20.49, ("skipat", 224): 4.76, ("skipat", 384): 15.22}
 # The paper's Table 1: ImageNet-1k top-1 %, float, 224 px, for the T-size models.
@@ -36,18 +41,23 @@ PAPER_TOP1 = {("vit_tiny_patch16", 224): 72.8, ("skipat_tiny_patch16", 224): 72.
 
 @dataclass(frozen=True)
 class CompareConfig:
-    resolutions: tuple[int, ...] = (224, 384)
-    device: str = DEFAULT_DEVICE
-    backend: str = "auto"  # auto | hub | cpu
-    precision: str = "w8a8"
-    quant_backend: str = "aimet"  # hub: how the models sent to the phone are quantized
-    runs: int = 30  # cpu: timed runs per round; rounds continue until the ratio is settled
+    resolutions: tuple[int, ...] = option(DEFAULT_RESOLUTIONS, "Input size in px (repeatable).", flag="--resolution", repeat=True)
+    device: str = device_option()
+    backend: str = auto_backend_option()
+    precision: str = option(LATENCY_PRECISION, "INT8 flavour (hub): w8a8 or w8a16. Default w8a8, not quantize's w8a16: latency is quoted for the fastest flavour (cpu times the CPU INT8 models).")
+    # hub: how the models sent to the phone are quantized
+    quant_backend: str = option("aimet", "hub: quantize the models sent to the phone with aimet (default) or ort.")
+    # cpu: timed runs per round; rounds continue until the ratio is settled
+    runs: int = option(30, "Timed CPU runs per model (after warm-up).")
     warmup: int = 5
-    threads: int | None = None  # cpu: None = 1, pinned for steady paired figures (said so)
-    hub_timeout_s: float = 3600.0
+    threads: int | None = threads_option()  # cpu: None = 1, pinned for steady paired figures (said so)
+    hub_timeout_s: float = hub_timeout_option()
     ratio_target: float = 0.02  # cpu: stop once the SkipAt/ViT interval is within +-2 %
     budget_s: float = 40.0  # cpu: ... or after this long per resolution and model kind
-    eval_samples: int | None = None  # --eval: a stratified subset of this many images
+    eval_dir: Path | None = option(None, "Labelled images (as for `evaluate --data`): float and INT8 top-1 beside the latency (needs trained --vit and --skipat).", flag="--eval")
+    eval_labels: Path | None = option(None, "Labels file for --eval (as `evaluate --labels`).", flag="--eval-labels")
+    # --eval: a stratified subset of this many images
+    eval_samples: int | None = option(None, "Stratified subset of --eval (default: all).", flag="--eval-samples")
 
 
 @dataclass
@@ -57,7 +67,7 @@ class CompareRow:
     resolution: int
     latency_ms: float  # the headline: NPU estimate (hub) or FP32 CPU median (cpu)
     p90_ms: float | None
-    int8_latency_ms: float | None  # cpu: the INT8 QDQ model on ONNX Runtime CPU
+    int8_latency_ms: float | None  # cpu: the CPU INT8 model on ONNX Runtime CPU
     ratio_vs_vit: float  # SkipAt / ViT at this resolution (median of paired ratios on the CPU)
     speedup_vs_vit: float
     paper_ms: float | None
@@ -69,7 +79,7 @@ class CompareRow:
     int8_ratio_vs_vit: float | None = None  # cpu: the same for the CPU INT8 models
     int8_ratio_ci: tuple[float, float] | None = None
     int8_vs_fp32: float | None = None  # cpu: INT8 median / FP32 median of this model
-    # --eval: top-1 (fractions) of the float model and of the INT8 QDQ model on the CPU
+    # --eval: top-1 (fractions) of the float model and of INT8_MODEL[backend], on the CPU
     top1_float: float | None = None
     top1_int8: float | None = None
     top1_int8_drop_ci: tuple[float, float] | None = None
@@ -85,10 +95,13 @@ class CompareResult:
     files: dict[str, Path]
     notices: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # models made into the output folder (hub: QDQ models, AI Hub artifacts): (kind, path)
+    made: list[tuple[str, Path]] = field(default_factory=list)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["files"] = {k: str(v) for k, v in self.files.items()}
+        d["made"] = [dict(kind=k, path=str(p)) for k, p in self.made]
         return d
 
 
@@ -159,21 +172,23 @@ def cpu_rows(models: dict[tuple[str, int], tuple[Path, Path]], archs: dict[str, 
 
 def hub_rows(models: dict[tuple[str, int], Path], archs: dict[str, str], out_dir: Path,
              cfg: CompareConfig, device: DeviceProfile, step: Callable[[str], None],
-             notices: list[str]) -> list[CompareRow]:
+             notices: list[str], made: list[tuple[str, Path]] | None = None) -> list[CompareRow]:
     """``models``: (family, resolution) -> QDQ ONNX. Submit every compile job at once, then
     every profiling job as its compile finishes; await them together. Jobs are recorded in
-    ``out_dir`` (re-runs resume)."""
+    ``out_dir`` (re-runs resume). ``made`` collects the files written there, (kind, path)."""
+    made = [] if made is None else made
     client = hub_mod.client()
     ccfg = CompileConfig(device=cfg.device, backend="hub", hub_timeout_s=cfg.hub_timeout_s)
     subs = {k: hub_mod.submit_compile(client, m, out_dir, ccfg, device, step) for k, m in models.items()}
     profiles = {}
     for k, sub in subs.items():
-        hub_mod.finish_compile(sub, models[k], out_dir, ccfg, device, step)
+        made += hub_mod.finish_compile(sub, models[k], out_dir, ccfg, device, step).files().items()
         profiles[k] = submit_device_profile(client, sub, models[k], out_dir, device, step)
     figures = {}
     for k, (psub, reference, classifier) in profiles.items():
         figures[k] = hub_mod.finish_profile(psub, models[k], out_dir, device, reference, step,
                                             classifier, cfg.hub_timeout_s)
+        made.append(("raw_profile", figures[k].raw_profile))
         notices.extend(figures[k].notices)
     rows = []
     for (fam, res), p in figures.items():
@@ -203,6 +218,8 @@ def add_accuracy(rows: list[CompareRow], scores: dict[tuple[str, int], tuple]) -
 # Reports
 
 def write_reports(result: CompareResult, tmp: Path, out_dir: Path) -> dict[str, Path]:
+    """The reports, written into ``tmp`` (a stage folder of ``out_dir``: they move in with
+    it); returns where they will be."""
     staged = {
         "markdown": tmp / "compare.md",
         "json": tmp / "compare.json",
@@ -219,8 +236,6 @@ def write_reports(result: CompareResult, tmp: Path, out_dir: Path) -> dict[str, 
     final = {k: out_dir / p.name for k, p in staged.items()}
     result.files = final
     staged["json"].write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
-    for k, p in staged.items():
-        shutil.move(str(p), final[k])
     return final
 
 
@@ -231,7 +246,7 @@ def markdown(result: CompareResult) -> str:
         head += ["p90 ms", "CPU INT8 ms", "INT8/FP32"]
     head += ["SkipAt/ViT (95 % CI)" if cpu else "SkipAt/ViT", "speed-up"]
     if cpu:
-        head.append("SkipAt/ViT, INT8 (95 % CI)")
+        head.append("SkipAt/ViT, CPU INT8 (95 % CI)")
     with_paper = any(r.paper_ms is not None for r in result.rows)
     if with_paper:
         head.append("paper, S22 NPU INT8 ms")

@@ -5,8 +5,8 @@ Every target runs the same pre-processed images, so its agreement with the float
 logit SQNR and its top-1 drop are paired measurements on the same samples. A few hundred images
 leave a wide margin, which the report states: top-1 with a Wilson score interval (Wilson 1927),
 the drop with the Agresti-Min interval for paired proportions (Agresti & Min 2005), both 95 %.
-Making the models from a checkpoint is :mod:`skipat_deploy.pipeline`'s; this module runs models
-that exist and scores them.
+The targets and how each makes its model are :mod:`.targets`; the images stream through them
+in bounded memory, resumably (:mod:`.stream`).
 """
 
 from __future__ import annotations
@@ -14,28 +14,32 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..devices import DEFAULT_DEVICE, resolve_device
+from ..checkpoint import LoadedCheckpoint
+from ..devices import device_option, resolve_device
 from ..errors import QualityGateError, UserError
-from ..files import atomic_path
-from ..preprocess import Preprocess, open_rgb, resize_and_crop
-from .dataset import LabelledImages
+from ..export import DEFAULT_RESOLUTION, artifact_name, check_resolution, read_metadata
+from ..files import model_stem
+from ..npu.compile import hub_timeout_option
+from ..options import option
+from ..quant.quantize import DEFAULT_PRECISION
+from ..preprocess import Preprocess
+from ..staging import staged
+from . import stream
+from .dataset import LabelledImages, stratified_subset
+from .targets import TARGETS as REGISTRY
+from .targets import Source
 
-TARGETS = ("torch", "onnx", "qdq", "npu", "device")
-FLOAT_TARGETS = ("torch", "onnx")
-INT8_TARGETS = ("qdq", "npu", "device")
-RUNS_ON = {
-    "torch": "PyTorch, float32 (CPU)",
-    "onnx": "ONNX Runtime CPU, float32 export",
-    "qdq": "ONNX Runtime CPU, INT8 QDQ model",
-    "npu": "QNN HTP backend (x86-64 simulator), context binary",
-    "device": "the phone's NPU (AI Hub inference jobs)",
-}
+TARGETS = tuple(REGISTRY)
+FLOAT_TARGETS = tuple(t for t in TARGETS if not REGISTRY[t].int8)
+INT8_TARGETS = tuple(t for t in TARGETS if REGISTRY[t].int8)
+RUNS_ON = {name: t.runs_on for name, t in REGISTRY.items()}
+CACHE = ".evaluate-cache"  # in --out: scores of an interrupted run, until it completes
 GATE_EXIT_CODE = QualityGateError.exit_code  # --max-top1-drop exceeded
 Z95 = 1.959964
 
@@ -48,18 +52,23 @@ class AccuracyGateError(QualityGateError):
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    targets: tuple[str, ...] = ()  # () : a checkpoint's torch, onnx, qdq; a model's own kind
-    resolution: int = 224
-    precision: str = "w8a16"
-    quant_backend: str = "aimet"
-    device: str = DEFAULT_DEVICE
-    num_samples: int | None = None  # None: every image
-    seed: int = 0
-    npu_max_samples: int = 64  # the simulator takes seconds per image
-    samples_per_job: int = 250  # AI Hub inference: images per job
-    max_top1_drop: float | None = None  # points; None: no gate
-    calib_dir: Path | None = None  # INT8 targets from a checkpoint: calibration photos
-    hub_timeout_s: float = 3600.0
+    # () : a checkpoint's torch, onnx, qdq; a model's own kind
+    targets: tuple[str, ...] = option((), "Comma-separated: torch, onnx, qdq, npu (HTP simulator), device (the phone via AI Hub). Default: torch,onnx,qdq for --ckpt, the model's kind for --model.", parse="names", choices=TARGETS)
+    resolution: int = option(DEFAULT_RESOLUTION, "Input size in px (--ckpt).")
+    precision: str = option(DEFAULT_PRECISION, "INT8 targets from --ckpt: w8a16, w8a8 or mixed.")
+    quant_backend: str = option("aimet", "INT8 targets from --ckpt: aimet or ort.")
+    device: str = device_option()
+    # None: every image
+    num_samples: int | None = option(None, "Evaluate a seeded subset of this many images drawn per class (round-robin over the classes; default: all).")
+    seed: int = option(0, "Seed of the --num-samples and --npu-samples draws.")
+    # the simulator takes seconds per image
+    npu_max_samples: int = option(64, "npu target: at most this many images, drawn per class (the x86-64 simulator takes seconds each).", flag="--npu-samples")
+    samples_per_job: int = option(250, "device target: images per AI Hub inference job.")  # AI Hub inference: images per job
+    # points; None: no gate
+    max_top1_drop: float | None = option(None, "Gate: exit 4 when an INT8 target's top-1 is more than this many points below float.")
+    # INT8 targets from a checkpoint: calibration photos
+    calib_dir: Path | None = option(None, "Calibration images for the INT8 targets (default: photos bundled with scikit-image). Not the evaluation images.", flag="--calib")
+    hub_timeout_s: float = hub_timeout_option()
 
     def check(self) -> None:
         unknown = [t for t in self.targets if t not in TARGETS]
@@ -78,124 +87,6 @@ class EvaluateConfig:
             if self.targets and not any(t in INT8_TARGETS for t in self.targets):
                 raise UserError("--max-top1-drop gates INT8 targets: add qdq, npu or device to --targets")
         resolve_device(self.device)
-
-
-# --------------------------------------------------------------------------------------------
-# Images: decoded once, kept as 8-bit crops (a 224 crop is 150 kB), normalised batch by batch.
-
-@dataclass
-class EvalImages:
-    crops: np.ndarray  # (N, H, W, 3) uint8, resized and center-cropped
-    labels: np.ndarray  # (N,) class indices
-    paths: list[str]
-    preprocess: Preprocess
-    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
-    root: Path | None = None  # the dataset folder, which reported paths are relative to
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def files(self) -> list[str]:
-        """The images, as reported: relative to the dataset folder."""
-        if self.root is None:
-            return list(self.paths)
-        return [Path(p).relative_to(self.root).as_posix() for p in self.paths]
-
-    def take(self, idx: np.ndarray) -> EvalImages:
-        """The images at ``idx``, in that order."""
-        return EvalImages(self.crops[idx], self.labels[idx], [self.paths[i] for i in idx],
-                          self.preprocess, [], self.root)
-
-    def batches(self, size: int, limit: int | None = None) -> Iterator[np.ndarray]:
-        """Normalised NCHW float32 batches of exactly ``size`` (the last padded by repeating
-        its final image: exported models have a static batch)."""
-        pp = self.preprocess
-        mean, std = np.asarray(pp.mean, np.float32), np.asarray(pp.std, np.float32)
-        n = len(self) if limit is None else min(limit, len(self))
-        for start in range(0, n, size):
-            chunk = self.crops[start : min(start + size, n)].astype(np.float32) / 255.0
-            chunk = ((chunk - mean) / std).transpose(0, 3, 1, 2)
-            if len(chunk) < size:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), 0)])
-            yield np.ascontiguousarray(chunk)
-
-
-def load_images(ds: LabelledImages, size: int, pp: Preprocess, step: Step = lambda m: None) -> EvalImages:
-    """Decode and crop every image; unreadable ones are skipped and listed."""
-    crops, labels, paths, unreadable = [], [], [], []
-    for i, (path, label) in enumerate(ds.items):
-        if i % 50 == 0:
-            step(f"reading images ({i}/{len(ds.items)})")
-        try:
-            crops.append(np.asarray(resize_and_crop(open_rgb(path), size, pp), dtype=np.uint8))
-        except UserError as e:
-            unreadable.append((str(path), str(e)))
-            continue
-        labels.append(label)
-        paths.append(str(path))
-    if not crops:
-        raise UserError(f"none of the {len(ds.items)} images under {ds.root} could be read "
-                        f"(first: {unreadable[0][1]})")
-    return EvalImages(np.stack(crops), np.asarray(labels, np.int64), paths, pp, unreadable, ds.root)
-
-
-# --------------------------------------------------------------------------------------------
-# Runners: logits (N, classes) of one model on the images.
-
-def torch_logits(model, images: EvalImages, step: Step = lambda m: None, batch: int = 16) -> np.ndarray:
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for i, x in enumerate(images.batches(batch)):
-            step(f"torch: batch {i + 1} of {math.ceil(len(images) / batch)}")
-            out.append(model(torch.from_numpy(x)).numpy())
-    return np.concatenate(out)[: len(images)]
-
-
-def onnx_logits(path: Path, images: EvalImages, name: str, step: Step = lambda m: None) -> np.ndarray:
-    """A float or QDQ ONNX model on ONNX Runtime's CPU. The NPU's QDQ models run with graph
-    optimisations off, Q/DQ as separate ops, so the result is the QDQ semantics the NPU
-    implements rather than whatever integer kernels this CPU fuses them into; the CPU INT8
-    model (made for those kernels) runs as a user's CPU runs it."""
-    import onnxruntime as ort
-
-    from ..export import read_metadata
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    for_cpu = (read_metadata(path).get("quantization") or {}).get("target") == "cpu"
-    if name == "qdq" and not for_cpu:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
-    out = []
-    for i, x in enumerate(images.batches(batch)):
-        if i % 10 == 0:
-            step(f"{name}: {i * batch}/{len(images)} images")
-        out.append(sess.run(None, {inp.name: x})[0])
-    return np.concatenate(out)[: len(images)]
-
-
-def npu_logits(context_onnx: Path, device: str, images: EvalImages, limit: int,
-               step: Step = lambda m: None) -> np.ndarray:
-    """The compiled context binary on the QNN HTP backend (on x86-64: the simulator, seconds
-    per image), for the first ``limit`` images."""
-    from ..npu import qnn
-
-    sess = qnn.htp_session(context_onnx, resolve_device(device))
-    inp = sess.get_inputs()[0]
-    batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
-    n = min(limit, len(images))
-    out = []
-    t0 = time.perf_counter()
-    for i, x in enumerate(images.batches(batch, limit=n)):
-        done = i * batch
-        eta = "" if not done else f", about {(time.perf_counter() - t0) / done * (n - done):.0f} s left"
-        step(f"npu (HTP simulator): {done}/{n} images{eta}")
-        out.append(sess.run(None, {inp.name: x})[0])
-    return np.concatenate(out)[:n]
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,10 +131,14 @@ class TargetScore:
     logit_sqnr_db: float | None  # vs the float reference
     top1_drop: float | None  # reference top-1 minus this target's, same images (fraction)
     top1_drop_ci: tuple[float, float] | None
-    seconds: float
+    seconds: float  # running the model (the images are decoded meanwhile, on other threads)
     note: str | None = None
     image_files: list[str] = field(default_factory=list)  # the images scored, relative to the dataset
     num_classes: int = 0  # classes those images cover
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.n / self.seconds if self.seconds > 0 else None
 
     @property
     def drop_is_noise(self) -> bool | None:
@@ -253,33 +148,23 @@ class TargetScore:
         return self.top1_drop_ci[0] <= 0 <= self.top1_drop_ci[1]
 
 
-def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, logits.shape[1])
-    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return np.any(top == labels[:, None], axis=1)
-
-
-def score(name: str, logits: np.ndarray, labels: np.ndarray, model: str | None, seconds: float,
-          reference: np.ndarray | None = None, note: str | None = None,
-          files: list[str] | None = None) -> TargetScore:
-    """Score ``logits`` against ``labels``; against ``reference`` (the float model's logits on
-    the same images, at least as many) when given. ``files``: the images, for the report."""
-    from ..metrics import sqnr_db
-
-    n = len(logits)
-    labels = labels[:n]
-    correct = topk_correct(logits, labels, 1)
-    agreement = sqnr = drop = drop_ci = None
-    if reference is not None:
-        ref = reference[:n]
-        agreement = float(np.mean(ref.argmax(1) == logits.argmax(1)))
-        sqnr = sqnr_db(ref, logits)
-        d, lo, hi = paired_drop_interval(topk_correct(ref, labels, 1), correct)
+def score(name: str, tally: stream.Tally, items, root: Path | None, model: str | None,
+          note: str | None = None) -> TargetScore:
+    """A target's scores from its tally (:func:`stream.run_stream`); ``items`` the images."""
+    n = len(tally.indices)
+    if n == 0:
+        raise UserError(f"{name}: none of its images could be read")
+    labels = np.fromiter((items[i][1] for i in tally.indices), np.int64, n)
+    correct = int(tally.top1_hit.sum())
+    drop = drop_ci = None
+    if tally.ref_top1_hit is not None:
+        d, lo, hi = paired_drop_interval(tally.ref_top1_hit, tally.top1_hit)
         drop, drop_ci = d, (lo, hi)
-    return TargetScore(name, RUNS_ON[name], model, n, float(correct.mean()),
-                       float(topk_correct(logits, labels, 5).mean()),
-                       wilson_interval(int(correct.sum()), n), agreement, sqnr, drop, drop_ci,
-                       seconds, note, list(files or [])[:n], len(np.unique(labels)))
+    return TargetScore(name, RUNS_ON.get(name, name), model, n, correct / n,
+                       float(tally.top5_hit.mean()), wilson_interval(correct, n), tally.agreement,
+                       tally.sqnr_db, drop, drop_ci, tally.seconds, note,
+                       [stream.relative(items[i][0], root) for i in tally.indices],
+                       len(np.unique(labels)))
 
 
 @dataclass
@@ -298,13 +183,21 @@ class EvaluateResult:
     files: dict[str, Path] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    scoring_seconds: float = 0.0  # the images streaming through every target (models made)
+
+    @property
+    def images_per_s(self) -> float | None:
+        """Images through every target per second, decoding included."""
+        return self.num_images / self.scoring_seconds if self.scoring_seconds > 0 else None
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["files"] = {k: str(v) for k, v in self.files.items()}
         d["unreadable"] = [dict(path=p, why=w) for p, w in self.unreadable]
+        d["images_per_s"] = self.images_per_s
         for t, s in zip(d["targets"], self.targets):
             t["drop_is_noise"] = s.drop_is_noise
+            t["images_per_s"] = s.images_per_s
         return d
 
 
@@ -330,9 +223,12 @@ def markdown(result: EvaluateResult) -> str:
         f"Dataset: {result.dataset} ({result.layout}), {result.num_images} images"
         + (f", {len(result.unreadable)} unreadable skipped" if result.unreadable else "") + ".",
         f"Reference for agreement and drop: {result.reference or 'none (no float target)'}.",
+        f"Scored in {result.scoring_seconds:.1f} s"
+        + (f" ({result.images_per_s:.1f} images/s through every target, decoding included)."
+           if result.images_per_s else "."),
         "",
         "| target | runs on | n | classes | top-1 % | 95 % CI | top-5 % | agreement % | logit SQNR dB | "
-        "top-1 drop (points) | drop 95 % CI | time s |",
+        "top-1 drop (points) | drop 95 % CI | images/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in result.targets:
@@ -340,7 +236,8 @@ def markdown(result: EvaluateResult) -> str:
         dci = "-" if t.top1_drop_ci is None else f"{_pct(t.top1_drop_ci[0])} – {_pct(t.top1_drop_ci[1])}"
         sq = "-" if t.logit_sqnr_db is None else ("inf" if math.isinf(t.logit_sqnr_db) else f"{t.logit_sqnr_db:.1f}")
         lines.append(f"| {t.name} | {t.runs_on} | {t.n} | {t.num_classes} | {_pct(t.top1)} | {ci} | {_pct(t.top5)} | "
-                     f"{_pct(t.agreement)} | {sq} | {_pct(t.top1_drop)} | {dci} | {t.seconds:.1f} |")
+                     f"{_pct(t.agreement)} | {sq} | {_pct(t.top1_drop)} | {dci} | "
+                     f"{'-' if t.images_per_s is None else f'{t.images_per_s:.1f}'} |")
     lines.append("")
     for t in result.targets:
         if t.n < result.num_images and t.image_files:
@@ -358,11 +255,118 @@ def markdown(result: EvaluateResult) -> str:
 
 
 def write_reports(result: EvaluateResult, out_dir: Path, stem: str) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"json": out_dir / f"{stem}.evaluate.json", "markdown": out_dir / f"{stem}.evaluate.md"}
-    result.files = files
-    with atomic_path(files["json"]) as tmp:
-        tmp.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
-    with atomic_path(files["markdown"]) as tmp:
-        tmp.write_text(markdown(result))
-    return files
+    """``<stem>.evaluate.json`` and ``.md`` into ``out_dir``, together (:mod:`..staging`)."""
+    names = {"json": f"{stem}.evaluate.json", "markdown": f"{stem}.evaluate.md"}
+    result.files = {k: out_dir / v for k, v in names.items()}
+    with staged(out_dir) as stage:
+        stage.path(names["json"]).write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
+        stage.path(names["markdown"]).write_text(markdown(result))
+    return result.files
+
+
+# --------------------------------------------------------------------------------------------
+# The command.
+
+def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str | Path,
+             cfg: EvaluateConfig = EvaluateConfig(), step: Step = lambda m: None) -> EvaluateResult:
+    """Top-1 / top-5 of a classifier on ``data`` for every target of ``cfg``: from a checkpoint,
+    the float model (``torch``), its export (``onnx``), the INT8 model (``qdq``), its context
+    binary on the HTP simulator (``npu``) and on the phone (``device``), each made into
+    ``out_dir`` first (:data:`.targets.TARGETS`); from an exported ONNX (``source`` a path),
+    that model (and, when it is quantized, its compiled forms). The images stream through every
+    target at once; an interrupted run leaves its scores in ``out_dir/.evaluate-cache`` and the
+    same command continues from them. Reports go into ``out_dir``; ``gate_failures`` lists INT8
+    targets over ``cfg.max_top1_drop``."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    notices = list(data.notices)
+    if isinstance(source, LoadedCheckpoint):
+        if not source.arch.num_classes:
+            raise UserError(f"{source.spec.name} has no classification head (it outputs features): "
+                            "top-1 needs class logits; evaluate a classifier checkpoint")
+        num_classes, pp, resolution = source.arch.num_classes, source.spec.preprocess, cfg.resolution
+        check_resolution(resolution, source.arch.patch_size)
+        name = source.info.path if source.info else f"{source.spec.name} (freshly initialised)"
+        stem = artifact_name(source, resolution, 1).removesuffix(".onnx")
+        quantized, meta = False, {}
+        cfg = replace(cfg, targets=cfg.targets or ("torch", "onnx", "qdq"))
+    else:
+        meta = _onnx_metadata(source)
+        num_classes, pp, resolution = meta["num_classes"], Preprocess.from_dict(meta["preprocess"]), meta["resolution"]
+        if not num_classes:
+            raise UserError(f"{source.name} has no classification head (it outputs features): "
+                            "top-1 needs class logits; evaluate a classifier")
+        name, stem = str(source), model_stem(source)
+        quantized = _is_quantized(source)
+        kind = "qdq" if quantized else "float"
+        allowed = tuple(t for t in TARGETS if REGISTRY[t].model_kind == kind)
+        cfg = replace(cfg, targets=cfg.targets or allowed[:1])
+        wrong = [t for t in cfg.targets if t not in allowed]
+        if wrong:
+            what = "an INT8 QDQ model" if quantized else "a float model"
+            raise UserError(f"--model {source.name} is {what}: it can be evaluated as "
+                            f"{', '.join(allowed)}, not {', '.join(wrong)} (those need --ckpt)")
+    cfg.check()
+    if data.labels.max() >= num_classes:
+        bad = next(p for p, c in data.items if c >= num_classes)
+        raise UserError(f"label {data.labels.max()} ({bad}) is outside the model's {num_classes} classes")
+    if cfg.max_top1_drop is not None and not any(t in FLOAT_TARGETS for t in cfg.targets):
+        raise UserError("--max-top1-drop compares with the float model: add torch or onnx to "
+                        "--targets (with --ckpt)")
+
+    items = stratified_subset(data, cfg.num_samples, cfg.seed).items
+    ordered = [t for t in TARGETS if t in cfg.targets]
+    reference = next((t for t in ordered if t in FLOAT_TARGETS), None)
+    src = Source(source if isinstance(source, LoadedCheckpoint) else None,
+                 None if isinstance(source, LoadedCheckpoint) else source, resolution, out_dir, cfg,
+                 np.fromiter((c for _, c in items), np.int64, len(items)), step, notices)
+    runners = []
+    for t in ordered:
+        r = REGISTRY[t].make(src)
+        r.reference = reference if t != reference else None
+        runners.append(r)
+    cache = out_dir / CACHE
+    try:
+        streamed = stream.run_stream(items, data.root, resolution, pp, runners, cache, step)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as its subclass: say what is kept
+        kept = sum(1 for _ in cache.rglob("*.npz")) if cache.is_dir() else 0
+        if not kept:
+            raise
+        raise type(e)(f"interrupted; the scores of {kept} group(s) of images are kept in "
+                      f"{cache}: the same command continues from them") from None
+    for t, k in streamed.resumed.items():
+        notices.append(f"resumed: {t} had {k} images scored by an earlier run that stopped "
+                       f"(kept in {cache})")
+    if streamed.unreadable:
+        notices.append(f"{len(streamed.unreadable)} unreadable image(s) skipped (first: "
+                       f"{streamed.unreadable[0][1]})")
+    scores = [score(r.name, streamed.tallies[r.name], items, data.root,
+                    None if r.model is None else str(r.model), r.note) for r in runners]
+    result = EvaluateResult(
+        model=name, dataset=str(data.root), layout=data.layout, resolution=resolution,
+        precision=((meta.get("quantization") or {}).get("precision") if quantized
+                   else cfg.precision if any(t in INT8_TARGETS for t in ordered) else None),
+        reference=reference, targets=scores, num_images=len(items) - len(streamed.unreadable),
+        unreadable=streamed.unreadable, max_top1_drop=cfg.max_top1_drop, notices=notices,
+        scoring_seconds=streamed.seconds)
+    apply_gate(result)
+    result.seconds = time.perf_counter() - t0
+    write_reports(result, out_dir, stem)
+    stream.clear(cache, runners, items, data.root, resolution, pp)
+    return result
+
+
+def _onnx_metadata(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"model not found: {path}")
+    meta = read_metadata(path)
+    if not meta:
+        raise UserError(f"{path} was not exported by skipat-deploy (no pre-processing metadata): "
+                        "evaluate its checkpoint with --ckpt")
+    return meta
+
+
+def _is_quantized(path: Path) -> bool:
+    import onnx
+
+    return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path), load_external_data=False).graph.node)

@@ -20,6 +20,16 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import UserError
+from ..options import option
+
+
+def auto_backend_option():
+    """--backend of the latency commands (profile, compare)."""
+    return option("auto", "hub (the phone's NPU via AI Hub), cpu (ONNX Runtime here) or auto (hub when AI Hub is configured).", choices=("auto", "hub", "cpu"))
+
+
+def threads_option():
+    return option(None, "ONNX Runtime CPU threads (default: all this machine's cores; 1 pins them for steadier figures on a shared machine).")
 
 
 @dataclass

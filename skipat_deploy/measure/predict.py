@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import UserError
 from ..export import cpu_session, read_metadata
 from ..imagenet import imagenet_classes
+from ..options import option
 from ..preprocess import Preprocess, load_image
 
 
@@ -37,7 +38,12 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def predict(model: str | Path, images: list[str | Path], top_k: int = 5) -> list[Prediction]:
+@dataclass(frozen=True)
+class PredictConfig:
+    top_k: int = option(5, "How many classes to print.")
+
+
+def predict(model: str | Path, images: list[str | Path], top_k: int = PredictConfig.top_k) -> list[Prediction]:
     model = Path(model)
     if not model.is_file():
         raise UserError(f"model not found: {model}")

@@ -17,8 +17,32 @@ from pathlib import Path
 from ..errors import UserError
 from ..export import run_qdq_cpu, sample_inputs
 from ..npu import hub as hub_mod
-from ..npu.compile import CompileConfig
-from .latency import CpuLatency, Ratio, interleaved, ratio_interval
+from ..devices import device_option
+from ..export import DEFAULT_RESOLUTION
+from ..npu.compile import CompileConfig, hub_timeout_option
+from ..options import option
+from ..staging import staged
+from .latency import CpuLatency, Ratio, auto_backend_option, interleaved, ratio_interval, threads_option
+
+# profile and compare time the fastest flavour by default, not quantize's w8a16 (accuracy):
+# what a latency figure is quoted for.
+LATENCY_PRECISION = "w8a8"
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    resolution: int = option(DEFAULT_RESOLUTION, "With --ckpt: input size in px.")
+    device: str = device_option()
+    backend: str = auto_backend_option()
+    precision: str = option(LATENCY_PRECISION, "INT8 flavour (hub): w8a8, w8a16 or mixed. Default w8a8, not quantize's w8a16: latency is quoted for the fastest flavour (cpu times the CPU INT8 model).")
+    runs: int = option(50, "Timed CPU runs per model (after warm-up).")
+    warmup: int = 5
+    threads: int | None = threads_option()
+    hub_timeout_s: float = hub_timeout_option()
+
+    def compile_config(self) -> CompileConfig:
+        """What compiles the model on AI Hub (hub)."""
+        return CompileConfig(device=self.device, backend="hub", hub_timeout_s=self.hub_timeout_s)
 
 
 def profile_hub(model: str | Path, out_dir: str | Path, cfg: CompileConfig = CompileConfig(),
@@ -27,12 +51,12 @@ def profile_hub(model: str | Path, out_dir: str | Path, cfg: CompileConfig = Com
     device = cfg.check()
     client = hub or hub_mod.client()
     model, out_dir = Path(model), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sub = hub_mod.submit_compile(client, model, out_dir, cfg, device, step)
-    compiled = hub_mod.finish_compile(sub, model, out_dir, cfg, device, step)
-    psub, reference, classifier = submit_device_profile(client, sub, model, out_dir, device, step)
-    prof = hub_mod.finish_profile(psub, model, out_dir, device, reference, step, classifier,
-                                  cfg.hub_timeout_s)
+    with staged(out_dir):  # the compiled model, its record and the raw profile: all or none
+        sub = hub_mod.submit_compile(client, model, out_dir, cfg, device, step)
+        compiled = hub_mod.finish_compile(sub, model, out_dir, cfg, device, step)
+        psub, reference, classifier = submit_device_profile(client, sub, model, out_dir, device, step)
+        prof = hub_mod.finish_profile(psub, model, out_dir, device, reference, step, classifier,
+                                      cfg.hub_timeout_s)
     return compiled, prof
 
 
@@ -60,13 +84,25 @@ class ProfileOutcome:
     hub: object | None = None  # hub.HubProfile
     compiled: object | None = None  # npu.CompileResult (hub)
     notices: list[str] = field(default_factory=list)
+    # models made from a checkpoint into the output folder first: (kind, path)
+    made: list[tuple[str, Path]] = field(default_factory=list)
+
+    def files(self) -> list[tuple[str, Path]]:
+        """Every file written, as (kind, path): the models made, the compiled model, its
+        record and the raw profile (hub)."""
+        out = list(self.made)
+        if self.compiled is not None:
+            out += list(self.compiled.files().items())
+        if self.hub is not None:
+            out.append(("raw_profile", self.hub.raw_profile))
+        return out
 
     def to_json(self) -> dict:
         return dict(backend=self.backend, device=self.device, cpu=[asdict(c) for c in self.cpu],
                     cpu_ratio=None if self.cpu_ratio is None else self.cpu_ratio.to_json(),
                     hub=None if self.hub is None else self.hub.to_json(),
                     compiled=None if self.compiled is None else self.compiled.to_json(),
-                    notices=self.notices)
+                    notices=self.notices, files=[dict(kind=k, path=str(p)) for k, p in self.files()])
 
 
 def profile_cpu_models(models: list[Path], runs: int, warmup: int, threads: int | None,

@@ -11,7 +11,8 @@ Two backends, one result type:
 
 In ``out_dir``, for ``<stem>.qdq.onnx`` and a device with SoC ``sm8450``:
 ``<stem>.sm8450.ctx.onnx`` + ``<stem>.sm8450.ctx_qnn.bin`` (local) or the downloaded AI Hub
-artifact (hub), and ``<stem>.sm8450.compile.json``, the record, written last.
+artifact (hub), and ``<stem>.sm8450.compile.json``, the record (with the sha256 of each
+artifact), all moved in as one staged set (:mod:`skipat_deploy.staging`).
 
 A QDQ model is compiled only for the Hexagon version it was quantized for (its metadata,
 ``quantization.hexagon``); one that does not say is compiled with a notice.
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -37,17 +37,24 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..devices import DEFAULT_DEVICE, DeviceProfile, check_precision, resolve_device
+from ..devices import DeviceProfile, check_precision, device_option, resolve_device
 from ..errors import QualityGateError, UserError
 from ..export import cpu_session, read_metadata, run_qdq_cpu, sample_inputs
 from ..files import compiled_stem, model_stem, sha256_file, sha256_path
 from ..metrics import quality, sqnr_db
+from ..options import option
 from ..quant.quantize import noise_more_than_doubled
+from ..staging import staged
 
 BACKENDS = ("local", "hub")
 TARGET_RUNTIMES = ("qnn_context_binary", "precompiled_qnn_onnx", "onnx", "tflite")
 HTP_SIMULATOR = "QNN HTP simulator (onnxruntime-qnn, x86-64)"  # numerics only, never phone data
 CPU_QDQ_VS_FLOAT = "cpu (onnxruntime, the QDQ model vs the float ONNX, on the NPU check samples)"
+
+
+def hub_timeout_option():
+    """--hub-timeout, declared once for every config that waits on AI Hub jobs."""
+    return option(3600.0, "Seconds to wait for an AI Hub job before giving up (a re-run resumes it).", flag="--hub-timeout")
 
 
 class CompileError(UserError):
@@ -56,13 +63,18 @@ class CompileError(UserError):
 
 @dataclass(frozen=True)
 class CompileConfig:
-    device: str = DEFAULT_DEVICE
-    backend: str = "local"
-    target_runtime: str = "qnn_context_binary"  # hub only; local always writes a context binary
-    qairt_version: str | None = None  # hub only: pin the AI Hub compiler (QAIRT) version
-    num_check: int = 2  # validation samples run on the HTP simulator (about 1 s each for ViT-T)
-    hub_timeout_s: float = 3600.0  # hub: give up waiting for a job after this long
+    device: str = device_option()
+    backend: str = option("local", "local (offline, onnxruntime-qnn) or hub (Qualcomm AI Hub).", choices=BACKENDS)
+    # hub only; local always writes a context binary
+    target_runtime: str = option("qnn_context_binary", "AI Hub target: qnn_context_binary, precompiled_qnn_onnx, onnx or tflite.", choices=TARGET_RUNTIMES)
+    # hub only: pin the AI Hub compiler (QAIRT) version
+    qairt_version: str | None = option(None, "Pin AI Hub's QAIRT compiler version, e.g. 2.40.")
+    # validation samples run on the HTP simulator (about 1 s each for ViT-T)
+    num_check: int = option(2, "Held-out photos run on the HTP simulator and compared with the CPU QDQ model and the float model (local; the NPU gate).")
+    hub_timeout_s: float = hub_timeout_option()  # hub: give up waiting for a job after this long
     fp16: bool = False  # local: compile a float model to run in float16 on the HTP
+    # local: several models in ONE context binary, weights stored once (api.compile_all)
+    share_weights: bool = option(False, "Local: put every --model (e.g. the 224 and 384 px models) in ONE context binary, weights stored once (targets with weight sharing: v73+).", flag="--share-weights")
 
     def check(self) -> DeviceProfile:
         if self.backend not in BACKENDS:
@@ -73,6 +85,9 @@ class CompileConfig:
         if self.backend == "local" and self.target_runtime != "qnn_context_binary":
             raise UserError("the local backend writes QNN context binaries only; "
                             "--target-runtime needs --backend hub")
+        if self.share_weights and self.backend == "hub":
+            raise UserError("--share-weights compiles locally (one context binary for several "
+                            "models); AI Hub compiles one model per job: drop --backend hub")
         if self.num_check < 1:
             raise UserError("--num-check must be at least 1")
         if self.hub_timeout_s <= 0:
@@ -120,6 +135,13 @@ class CompileResult:
     jobs: list[dict] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     quantized: object | None = None  # the QuantizeResult when compile ran quantize first
+    sha256: dict[str, str] = field(default_factory=dict)  # artifact kind -> its sha256
+    made: dict[str, Path] = field(default_factory=dict)  # written before compiling (fp16: the export)
+
+    def files(self) -> dict[str, Path]:
+        """What compiling wrote, by kind (the names ``--json`` lists them under); the quantized
+        model's files are ``quantized.files()``."""
+        return {**self.made, **self.artifacts, "compile_record": self.record}
 
     def to_json(self) -> dict:
         quantized, self.quantized = self.quantized, None
@@ -131,6 +153,7 @@ class CompileResult:
         d["model"] = str(self.model)
         d["record"] = str(self.record)
         d["artifacts"] = {k: str(v) for k, v in self.artifacts.items()}
+        d["made"] = {k: str(v) for k, v in self.made.items()}
         return d
 
 
@@ -302,7 +325,6 @@ def compile_local_many(models: list[Path], out_dir: str | Path, cfg: CompileConf
         notice = check_target(m, device)
         notices.append([notice] if notice else [])
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stems = [compiled_stem(m, device.soc) + (".fp16" if cfg.fp16 else "") for m in models]
     if len(set(stems)) < len(stems):
         raise UserError("two models would compile to the same file name: " + ", ".join(stems))
@@ -311,8 +333,8 @@ def compile_local_many(models: list[Path], out_dir: str | Path, cfg: CompileConf
                "context_binary": shared if share_weights else out_dir / f"{st}.ctx_qnn.bin"}
               for st in stems]
     results = []
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".compile-") as tmp_s:
-        tmp = Path(tmp_s)
+    with staged(out_dir) as stage:  # binaries, context models and records move in together
+        tmp = stage.dir
         contexts = [tmp / f["context_onnx"].name for f in finals]
         what = f"{len(models)} models into one weight-shared binary" if share_weights else models[0].name
         step(f"compiling {what} for {device.soc} (Hexagon {device.hexagon}) with the QNN HTP backend")
@@ -323,8 +345,7 @@ def compile_local_many(models: list[Path], out_dir: str | Path, cfg: CompileConf
             # The x86-64 HTP simulator cannot load a weight-shared binary (contextCreateFromBinary:
             # QNN_COMMON_ERROR_NOT_SUPPORTED, QNN SDK 2.51): each graph is checked from a binary
             # of its own compiled from the same model, then that binary is dropped.
-            (tmp / "each").mkdir()
-            checked = [tmp / "each" / c.name for c in contexts]
+            checked = [stage.scratch / c.name for c in contexts]
             for model, ctx in zip(models, checked):
                 _build([model], [ctx], device, cfg, share=False)
         for model, ctx, final, check_ctx, notes in zip(models, contexts, finals, checked, notices):
@@ -341,18 +362,17 @@ def compile_local_many(models: list[Path], out_dir: str | Path, cfg: CompileConf
                 soc=device.soc, hexagon=device.hexagon, artifacts=final,
                 record=out_dir / f"{ctx.name.removesuffix('.ctx.onnx')}.compile.json",
                 check=check, versions=qnn.sdk_versions(), seconds=0.0, notices=notes))
-        for f in finals:
-            for path in f.values():
-                if (tmp / path.name).exists():
-                    shutil.move(str(tmp / path.name), path)
+        wanted = {path.name for f in finals for path in f.values()}
+        for extra in [p for p in tmp.iterdir() if p.name not in wanted]:
+            shutil.rmtree(extra) if extra.is_dir() else extra.unlink()  # not an artifact
         for r in results:
+            r.sha256 = {k: sha256_file(tmp / p.name) for k, p in r.artifacts.items()}
             r.seconds = time.perf_counter() - t0
             write_record(r, tmp)
     return results
 
 
-def write_record(result: CompileResult, tmp: Path) -> None:
-    """The record goes last and atomically: its presence means the artifacts are complete."""
-    staged = tmp / "record.json"
-    staged.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
-    shutil.move(str(staged), result.record)
+def write_record(result: CompileResult, stage_dir: Path) -> None:
+    """The record, into the stage folder its artifacts are in (they move in together)."""
+    staged_record = stage_dir / result.record.name
+    staged_record.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")

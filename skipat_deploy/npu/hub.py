@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import onnx
 from ..devices import DeviceProfile
 from ..errors import UserError
 from ..files import atomic_path, compiled_stem, sha256_path
+from ..staging import staged
 from .compile import CompileConfig, CompileError, CompileResult, check_target, npu_check, write_record
 
 POLL_SECONDS = 15.0  # how often a running job's state is read
@@ -220,8 +220,9 @@ class RunRecord:
     def put(self, key: str, entry: dict) -> None:
         doc = self.load()
         doc["jobs"][key] = entry
-        with atomic_path(self.path) as staged:
-            staged.write_text(json.dumps(doc, indent=2) + "\n")
+        # Written at once, outside any stage: it must outlive a failed run so a re-run resumes.
+        with atomic_path(self.path) as part:
+            part.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def job_entry(job, kind: str, identity: dict) -> dict:
@@ -340,14 +341,13 @@ def finish_compile(sub: Submitted, model: Path, out_dir: Path, cfg: CompileConfi
     t0 = time.perf_counter() if t0 is None else t0
     entry = wait(sub.job, sub.entry, sub.record, sub.key, step, cfg.hub_timeout_s)
     stem = compiled_stem(model, device.soc)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".compile-") as tmp_s:
-        tmp = Path(tmp_s)
+    with staged(out_dir) as stage:  # the downloaded model and its record move in together
         step("downloading the compiled model")
-        written = Path(call(sub.job.download_target_model, str(tmp / f"{stem}.hub"),
+        written = Path(call(sub.job.download_target_model, str(stage.scratch / f"{stem}.hub"),
                             what=f"downloading the result of job {sub.job.job_id}"))
-        target = out_dir / written.name
-        shutil.move(str(written), target)
+        staged_target = stage.path(written.name)
+        shutil.move(str(written), staged_target)
+        target = stage.final(staged_target)
         entry["artifact"] = target.name
         sub.record.put(sub.key, entry)
         result = CompileResult(
@@ -358,8 +358,9 @@ def finish_compile(sub: Submitted, model: Path, out_dir: Path, cfg: CompileConfi
             versions={"qai_hub": qai_hub.__version__,
                       "qairt": cfg.qairt_version or "AI Hub default"},
             seconds=time.perf_counter() - t0, jobs=[entry], notices=list(sub.notices),
+            sha256={"target_model": sha256_path(staged_target)},
         )
-        write_record(result, tmp)
+        write_record(result, stage.dir)
     return result
 
 
@@ -445,8 +446,8 @@ def finish_profile(sub: Submitted, model: Path, out_dir: Path, device: DevicePro
     doc = call(sub.job.download_profile, what=f"downloading the profile of job {sub.job.job_id}")
     figures = parse_profile(doc)
     raw = out_dir / f"{compiled_stem(model, device.soc)}.profile.json"
-    with atomic_path(raw) as staged:
-        staged.write_text(json.dumps(doc, indent=2, default=list) + "\n")
+    with staged(out_dir) as stage:
+        stage.path(raw.name).write_text(json.dumps(doc, indent=2, default=list) + "\n")
     check = None
     if reference:
         outputs = call(sub.job.download_output_data, what=f"downloading the outputs of job {sub.job.job_id}")

@@ -107,6 +107,32 @@ def htp_session(model: str | Path, device: DeviceProfile, cpu_fallback: bool = F
         return ort.InferenceSession(str(model), so)
 
 
+def qdq_runner(device: DeviceProfile):
+    """What quantize's NPU figure runs on (``quant.quantize.NpuRunner``): a QDQ model on the HTP
+    backend for ``device`` (the simulator on x86-64), every node on the NPU, one sample at a
+    time; None when onnxruntime-qnn is not installed."""
+    import numpy as np
+
+    try:
+        _plugin()
+    except UserError:
+        return None
+    where = f"QNN HTP simulator (onnxruntime-qnn, x86-64), {device.soc} (Hexagon {device.hexagon})"
+
+    def run(model: Path, x):
+        try:
+            sess = htp_session(model, device)
+        except Exception as e:  # noqa: BLE001 - the EP refuses with several exception types
+            return None, (f"{Path(model).name} does not run entirely on the {device.soc} NPU "
+                          f"({str(e).splitlines()[0][:160]}); `skipat-deploy compile` names the nodes")
+        name = sess.get_inputs()[0].name
+        with native_output():
+            y = np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+        return y, where
+
+    return run
+
+
 def rename_context_binary(contexts: list[Path], old: Path, new: Path) -> None:
     """Move a context binary and point every EPContext model that names it at the new name."""
     import onnx

@@ -22,8 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,18 +33,20 @@ import torch
 
 from ..checkpoint import LoadedCheckpoint
 from ..errors import UserError
-from ..export import INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, export_onnx
+from ..export import DEFAULT_RESOLUTION, INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, export_onnx
+from ..files import sha256_file
 from ..metrics import Quality, quality
+from ..staging import staged
 from . import rotate
 from .rewrite import check_float_equivalent
-from .quantize import float_reference
+from .quantize import DEFAULT_NUM_CALIB, QuantizeConfig, float_reference
 
 CPU_INT8_OPS = ("MatMul", "Gemm", "Conv")
 
 
 @dataclass(frozen=True)
 class CpuInt8Config:
-    resolution: int = 224
+    resolution: int = DEFAULT_RESOLUTION
     # The residual-stream rotation costs one d x d op per SkipAt Φ (after its channel gate) and
     # one for head-less models, both 8-bit here; it makes the result less dependent on the
     # calibration photos (DINOv2 ViT-S/14: 26.2 -> 26.8 dB, and 24.3 -> 25.9 dB with the
@@ -54,9 +54,16 @@ class CpuInt8Config:
     rotate: bool = True
     calib_dir: Path | None = None
     eval_dir: Path | None = None
-    num_calib: int = 32
+    num_calib: int = DEFAULT_NUM_CALIB  # as the NPU's QDQ model (quantize --target cpu / npu)
     num_eval: int = 16
     seed: int = 0
+
+    @classmethod
+    def like(cls, q: QuantizeConfig) -> "CpuInt8Config":
+        """The CPU INT8 model's options from ``quantize``'s (``--target cpu``): the same
+        calibration and evaluation; rotated unless ``--no-rotate``."""
+        return cls(resolution=q.resolution, rotate=q.rotate is not False, calib_dir=q.calib_dir,
+                   eval_dir=q.eval_dir, num_calib=q.num_calib, num_eval=q.num_eval, seed=q.seed)
 
     def check(self) -> None:
         if self.num_calib < 1 or self.num_eval < 1:
@@ -83,11 +90,16 @@ class CpuInt8Result:
     # the files used: relative to --calib / --eval, or the bundled photos' names
     calib_files: list[str] = field(default_factory=list)
     eval_files: list[str] = field(default_factory=list)
+    sha256: str = ""  # of the INT8 model the report describes
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["path"], d["report"] = str(self.path), str(self.report)
         return d
+
+    def files(self) -> dict[str, Path]:
+        """What was written, by kind (the names ``--json`` lists them under)."""
+        return {"cpu_int8_onnx": self.path, "quality_report": self.report}
 
 
 def cpu_int8_plan(graph: onnx.GraphProto) -> tuple[list[str], dict[str, int], dict[str, int]]:
@@ -163,35 +175,32 @@ def quantize_cpu(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: CpuInt8Config
         rotate.rotate_values(model, seed=cfg.seed)
     check_float_equivalent(original, model, torch.from_numpy(xc), "the CPU INT8 model's rotation")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = artifact_name(ckpt, res, 1).removesuffix(".onnx")
     final = out_dir / f"{stem}.cpu_int8.onnx"
     report = out_dir / f"{stem}.cpu_int8.json"
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".cpu-int8-") as tmp_s:
-        tmp = Path(tmp_s)
-        (float_res,) = export_onnx(ckpt, tmp, ExportConfig(resolutions=(res,)), step, model=model)
+    with staged(out_dir) as stage:  # the model and its report move in together
+        tmp = stage.dir
+        (float_res,) = export_onnx(ckpt, stage.scratch, ExportConfig(resolutions=(res,)), step,
+                                   model=model)
         graph = onnx.load(str(float_res.path), load_external_data=False).graph
         keep, quantized_ops, float_ops = cpu_int8_plan(graph)
         step(f"CPU INT8: onnxruntime.quantization ({sum(quantized_ops.values())} ops in 8 bit)")
-        staged = tmp / final.name
-        _quantize_static(float_res.path, staged, xc, keep)
+        staged_model = tmp / final.name
+        _quantize_static(float_res.path, staged_model, xc, keep)
         meta = dict(float_res.metadata)
         meta["quantization"] = dict(precision="int8", target="cpu", backend="onnxruntime",
                                     quantized_ops=quantized_ops, float_ops=float_ops,
                                     rotated=cfg.rotate, calibration=calib_set.source)
-        proto = onnx.load(str(staged))
+        proto = onnx.load(str(staged_model))
         del proto.metadata_props[:]
         proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True))
-        onnx.save(proto, str(staged))
+        onnx.save(proto, str(staged_model))
         step("CPU INT8: quality against the float model")
-        q = quality(ref, run_cpu(staged, xe), ckpt.arch.num_classes > 0)
+        q = quality(ref, run_cpu(staged_model, xe), ckpt.arch.num_classes > 0)
         result = CpuInt8Result(final, report, res, q, quantized_ops, float_ops, cfg.rotate,
-                               calib_set.source, eval_set.source, staged.stat().st_size,
+                               calib_set.source, eval_set.source, staged_model.stat().st_size,
                                notices=notices, calib_files=calib_set.files(),
-                               eval_files=eval_set.files())
-        shutil.move(str(staged), final)
+                               eval_files=eval_set.files(), sha256=sha256_file(staged_model))
         result.seconds = time.perf_counter() - t0
-        staged_report = tmp / report.name
-        staged_report.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
-        shutil.move(str(staged_report), report)
+        (tmp / report.name).write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
     return result

@@ -13,15 +13,14 @@
 
 Precisions: ``w8a8`` and ``w8a16`` (8-bit per-channel weights, 8- or 16-bit activations) and
 ``mixed``: 8-bit activations except the most sensitive layers (at most a quarter of the
-activation quantizers), promoted to 16-bit. Everything is built in a temporary folder and moved
-into place only after every check has passed.
+activation quantizers), promoted to 16-bit. Everything is built in a stage
+(:mod:`skipat_deploy.staging`) and moved into place as one set only after every check has
+passed; the report records the sha256 of each model beside it.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,16 +32,23 @@ import torch
 
 from .. import calibration
 from ..checkpoint import LoadedCheckpoint, load_weights
-from ..devices import DEFAULT_DEVICE, check_precision, resolve_device
+from ..devices import check_precision, device_option, resolve_device
 from ..errors import ExportValidationError, UserError
-from ..export import (INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, check_resolution,
+from ..export import (DEFAULT_RESOLUTION, INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, check_resolution,
                       export_onnx, output_name, run_qdq_cpu)
+from ..files import sha256_file, sha256_path
 from ..metrics import Quality, quality, sqnr_db
 from ..models.registry import build_model
+from ..options import option
+from ..staging import staged
 from .report import LayerSensitivity, write_layers_csv, write_noise_chart
 
 PRECISIONS = ("w8a8", "w8a16", "mixed")
 BACKENDS = ("aimet", "ort")
+TARGETS = ("npu", "cpu")  # the NPU's QDQ model, the CPU INT8 model (quant.cpu)
+# Every command that quantizes defaults to these (profile and compare say why they use w8a8).
+DEFAULT_PRECISION = "w8a16"
+DEFAULT_NUM_CALIB = 64
 # The QDQ ONNX must compute what the AIMET simulation computes. What the check guards against is
 # an export fault: a quantizer missing, mis-scaled or with a wrong zero point in the QDQ graph.
 # A fault that matters adds error of the order of the whole quantization noise or more. A
@@ -63,21 +69,28 @@ def noise_more_than_doubled(sqnr_db: float, reference_sqnr_db: float) -> bool:
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    resolution: int = 224
-    precision: str = "w8a16"
-    backend: str = "aimet"
-    device: str = DEFAULT_DEVICE
-    calib_dir: Path | None = None
-    eval_dir: Path | None = None
-    num_calib: int = 64
-    num_eval: int = 16
-    adaround: bool = False
-    qat_steps: int = 0
+    resolution: int = option(DEFAULT_RESOLUTION, "Input size in px; calibration runs at this grid.")
+    calib_dir: Path | None = option(None, "Folder of calibration images (.jpg/.png, searched recursively; a seeded sample spread over its subfolders is used); default: real photos bundled with scikit-image.", flag="--calib")
+    num_calib: int = option(DEFAULT_NUM_CALIB, "Calibration samples (photos, then further crops of them).")
+    eval_dir: Path | None = option(None, "Folder of held-out images for the quality report; default: a disjoint split of --calib.", flag="--eval")
+    num_eval: int = option(16, "Evaluation samples.")
+    # Held-out samples also run on the NPU (the HTP simulator, seconds each) for the report's
+    # npu_sqnr_db, when quantize is given a way to run them (api.quantize, where onnxruntime-qnn
+    # is installed); 0: off.
+    npu_samples: int = option(2, "Of those, run on the HTP simulator for the NPU's own SQNR vs float (needs onnxruntime-qnn; seconds each; 0: off).")
+    # Which model: the NPU's QDQ model (this module) or the CPU INT8 model (quant.cpu, from the
+    # same calibration options: CpuInt8Config.like).
+    target: str = option("npu", "npu (default: the QDQ model the Hexagon NPU runs) or cpu (an INT8 model for ONNX Runtime's integer kernels: the CPU fallback, <stem>.cpu_int8.onnx).", choices=TARGETS)
+    precision: str = option(DEFAULT_PRECISION, "w8a8, w8a16 or mixed (8-bit activations, the most sensitive layers 16-bit).", choices=PRECISIONS)
+    backend: str = option("aimet", "aimet (default) or ort (onnxruntime.quantization, QNN config).", choices=BACKENDS)
+    device: str = device_option()
+    adaround: bool = option(False, "AdaRound the weights (AIMET).", flag="--adaround")
+    qat_steps: int = option(0, "Distillation fine-tune steps of the simulation on the calibration images.")
     # Rotate the residual stream (float-equivalent; quant.rotate). None: where it pays,
     # with 8-bit activations. At w8a16 the activations are fine and the weights dominate the
     # noise, which rotation makes harder to round (DINOv2 w8a16 before GPTQ clipping: 33.99 dB plain, 33.07 rotated;
     # benchmarks/quant_quality.py).
-    rotate: bool | None = None
+    rotate: bool | None = option(None, "Rotate the residual stream before quantizing (float-equivalent, folded into the weights). Default: on for w8a8 and mixed, off for w8a16.", flag="--rotate/--no-rotate", show_default=False)
 
     @property
     def rotates(self) -> bool:
@@ -86,12 +99,16 @@ class QuantizeConfig:
 
     def check(self):
         """Reject bad options before any work; returns the device profile."""
+        if self.target not in TARGETS:
+            raise UserError(f"--target {self.target!r}: use npu or cpu")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.backend not in BACKENDS:
             raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.backend == "ort" and (self.precision == "mixed" or self.adaround or self.qat_steps):
             raise UserError("mixed precision, --adaround and --qat-steps need --backend aimet")
+        if self.npu_samples < 0:
+            raise UserError("--npu-samples must be 0 (off) or more")
         if self.num_calib < 1 or self.num_eval < 1 or self.qat_steps < 0:
             raise UserError("--num-calib and --num-eval must be at least 1, --qat-steps at least 0")
         for what, folder in (("--calib", self.calib_dir), ("--eval", self.eval_dir)):
@@ -100,6 +117,23 @@ class QuantizeConfig:
         device = resolve_device(self.device)
         check_precision(device, self.precision)
         return device
+
+
+@dataclass(frozen=True)
+class NpuFigure:
+    """The QDQ model on the NPU (the HTP simulator) on the first held-out samples, against the
+    float model, beside the CPU QDQ model on the same samples."""
+
+    npu_sqnr_db: float
+    qdq_sqnr_db: float  # the CPU QDQ model, the same samples
+    npu_vs_qdq_sqnr_db: float
+    num_samples: int
+    runs_on: str
+
+
+# Runs a QDQ model on the NPU: (model, samples (N, C, H, W)) -> (outputs, what ran them), or
+# (None, why not) when it cannot run there. quant does not import npu: api.quantize passes one.
+NpuRunner = Callable[[Path, np.ndarray], tuple["np.ndarray | None", str]]
 
 
 @dataclass
@@ -135,12 +169,22 @@ class QuantizeResult:
     # AIMET, 8-bit activations: output SQNR change bias correction made on calibration samples;
     # kept when positive
     bias_correction_db: float | None = None
+    # sha256 of the models the report describes: float_onnx, qdq_onnx, aimet_dir (its files)
+    sha256: dict[str, str] = field(default_factory=dict)
+    npu: NpuFigure | None = None  # the NPU's own figure (cfg.npu_samples held-out samples)
 
     def to_json(self) -> dict:
         d = asdict(self)
         for k in ("qdq_onnx", "float_onnx", "report_json", "layers_csv", "noise_png", "aimet_dir"):
             d[k] = None if d[k] is None else str(d[k])
         return d
+
+    def files(self) -> dict[str, Path]:
+        """What was written, by kind (the names ``--json`` lists them under)."""
+        kinds = (("float_onnx", self.float_onnx), ("qdq_onnx", self.qdq_onnx),
+                 ("aimet_folder", self.aimet_dir), ("quality_report", self.report_json),
+                 ("layer_csv", self.layers_csv), ("noise_chart", self.noise_png))
+        return {k: p for k, p in kinds if p is not None}
 
 
 def check_reproduces_simulation(qdq: Path, q: Quality, sim: Quality, qdq_vs_sim_db: float,
@@ -218,11 +262,28 @@ def _set_metadata(path: Path, value: str) -> None:
     onnx.save(model, str(path))
 
 
+def _npu_figure(npu: NpuRunner | None, qdq: Path, xe: np.ndarray, ref: np.ndarray,
+                q_out: np.ndarray, count: int, notices: list[str],
+                step: Callable[[str], None]) -> NpuFigure | None:
+    """The first ``count`` held-out samples through ``npu``, against the float outputs ``ref``."""
+    if npu is None or count == 0:
+        return None
+    k = min(count, len(xe))
+    step(f"running {k} held-out samples on the NPU")
+    out, runs_on = npu(qdq, xe[:k])
+    if out is None:
+        notices.append(f"no NPU figure in the report: {runs_on}")
+        return None
+    return NpuFigure(npu_sqnr_db=sqnr_db(ref[:k], out), qdq_sqnr_db=sqnr_db(ref[:k], q_out[:k]),
+                     npu_vs_qdq_sqnr_db=sqnr_db(q_out[:k], out), num_samples=k, runs_on=runs_on)
+
+
 def quantize(
     ckpt: LoadedCheckpoint,
     out_dir: str | Path,
     cfg: QuantizeConfig = QuantizeConfig(),
     step: Callable[[str], None] = lambda msg: None,
+    npu: NpuRunner | None = None,
 ) -> QuantizeResult:
     t0 = time.perf_counter()
     device = cfg.check()
@@ -232,11 +293,10 @@ def quantize(
     classifier = ckpt.arch.num_classes > 0
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     base = artifact_name(ckpt, res, 1).removesuffix(".onnx")
     tag = f"{base}_{cfg.precision}_{device.hexagon}" + ("_ort" if cfg.backend == "ort" else "")
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".quantize-") as tmp_s:
-        tmp = Path(tmp_s)
+    with staged(out_dir) as stage:
+        tmp = stage.dir  # everything here moves into out_dir together
         step("exporting the float model")
         (float_res,) = export_onnx(ckpt, tmp, ExportConfig(resolutions=(res,)))
         qdq = tmp / f"{tag}.qdq.onnx"
@@ -271,7 +331,7 @@ def quantize(
                 from .rewrite import prepare
 
                 rewritten = prepare(model, torch.from_numpy(xc), True, cfg.seed, step)
-                (rewritten_res,) = export_onnx(ckpt, tmp / "rotated", ExportConfig(resolutions=(res,)),
+                (rewritten_res,) = export_onnx(ckpt, stage.scratch / "rotated", ExportConfig(resolutions=(res,)),
                                                model=rewritten)
                 source = rewritten_res.path
             step("onnxruntime.quantization (QNN QDQ config)")
@@ -285,6 +345,7 @@ def quantize(
         if sim_q is not None:
             qdq_vs_sim = sqnr_db(sim_out, q_out)
             check_reproduces_simulation(qdq, q, sim_q, qdq_vs_sim, float(np.abs(sim_out - q_out).max()))
+        npu_figure = _npu_figure(npu, qdq, xe, ref, q_out, cfg.npu_samples, notices, step)
 
         final = {
             "float_onnx": out_dir / float_res.path.name,
@@ -308,25 +369,17 @@ def quantize(
             eval_source=eval_set.source, num_calib=cfg.num_calib, sizes_bytes=sizes,
             calib_files=calib_set.files(), eval_files=eval_set.files(),
             seconds=0.0, notices=notices, rotated=cfg.rotates, bias_correction_db=bias_db,
+            sha256={"float_onnx": float_res.sha256, "qdq_onnx": sha256_file(qdq),
+                    **({"aimet_dir": sha256_path(aimet_dir)} if aimet_dir else {})},
+            npu=npu_figure,
         )
-        write_layers_csv(tmp / "layers.csv", sens, promoted)
+        write_layers_csv(tmp / final["layers_csv"].name, sens, promoted)
         if sens:
-            write_noise_chart(tmp / "noise.png", sens,
+            write_noise_chart(tmp / final["noise_png"].name, sens,
                               f"{tag}: where the output noise comes from ({len(promoted)} of {n_act} "
                               f"activation quantizers 16-bit; QDQ vs float {q.sqnr_db:.1f} dB)")
-        # Move into place: big artifacts first, the report last (its presence means "complete").
-        shutil.move(str(float_res.path), final["float_onnx"])
-        shutil.move(str(qdq), final["qdq_onnx"])
-        if aimet_dir:
-            if final["aimet_dir"].exists():
-                shutil.rmtree(final["aimet_dir"])
-            shutil.move(str(aimet_dir), final["aimet_dir"])
-        shutil.move(str(tmp / "layers.csv"), final["layers_csv"])
-        if sens:
-            shutil.move(str(tmp / "noise.png"), final["noise_png"])
         result.seconds = time.perf_counter() - t0
-        report = tmp / "report.json"
-        report.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
-        shutil.move(str(report), final["report_json"])
+        (tmp / final["report_json"].name).write_text(
+            json.dumps(result.to_json(), indent=2, default=str) + "\n")
     return result
 

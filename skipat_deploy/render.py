@@ -1,0 +1,503 @@
+"""What the commands print: result tables and charts on stdout, notices and progress on stderr,
+or with --json one document listing every artifact written and every figure measured. The CLI
+(:mod:`skipat_deploy.cli`) parses and calls the API; this module shows what came back."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import UserError
+
+err = Console(stderr=True)
+
+
+class Run:
+    """One command's output: notices and progress go to stderr, results to stdout (a table,
+    or with --json one document listing every artifact and every measured figure)."""
+
+    def __init__(self, command: str, as_json: bool, debug: bool):
+        self.command, self.as_json, self.debug = command, as_json, debug
+        self.artifacts: list[dict] = []
+        self.measurements: list[dict] = []
+        self.notices: list[str] = []
+        self.results: list[dict] = []
+        self.extra: dict = {}  # command-specific top-level fields of the --json document
+        self.gate: list[str] = []  # quality gate failures: exit 4 after the document
+
+    def notice(self, text: str) -> None:
+        self.notices.append(text)
+        err.print(f"[yellow]note:[/] {text}", highlight=False)
+
+    def measure(self, name: str, value: float, unit: str, source: str, subject: str) -> None:
+        self.measurements.append(
+            dict(name=name, value=value, unit=unit, source=source, subject=subject)
+        )
+
+    @contextmanager
+    def progress(self, total: int):
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,  # logs and pipes get results, not spinner frames
+        ) as bar:
+            task = bar.add_task("starting", total=total)
+
+            def step(desc: str) -> None:
+                bar.update(task, description=desc, advance=1)
+
+            yield step
+
+    def emit(self) -> None:
+        if self.as_json:
+            doc = dict(
+                command=self.command,
+                ok=True,
+                artifacts=self.artifacts,
+                measurements=self.measurements,
+                results=self.results,
+                notices=self.notices,
+            )
+            doc.update(self.extra)
+            sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+    def fail(self, message: str, code: int) -> None:
+        err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+        if self.as_json:
+            sys.stdout.write(json.dumps(dict(command=self.command, ok=False, error=message)) + "\n")
+        raise typer.Exit(code)
+
+
+# Set by the console entry point: the process ends with the command (not so under CliRunner).
+EXITS_AFTER_COMMAND = {"yes": False}
+
+
+def guarded(run: Run, body: Callable[[], None], out: Path | None = None) -> None:
+    """User errors: one line, exit 2. Bugs: one line (traceback with --debug), exit 1. Ctrl-C
+    and SIGTERM: one line, exit 130 / 143. With ``out`` (the folder the command writes), the
+    whole command is one staged transaction (:mod:`skipat_deploy.staging`): its files appear
+    there together when it succeeds, and on any failure or interruption ``out`` is left as it
+    was."""
+    from .errors import Terminated
+    from .staging import hold_interrupts, interrupts_as_exceptions, staged
+
+    with interrupts_as_exceptions(then_ignore=EXITS_AFTER_COMMAND["yes"]):
+        try:
+            with staged(out) if out is not None else contextlib.nullcontext():
+                body()
+                hold_interrupts()  # from here the move into place decides the outcome
+        except UserError as e:
+            hold_interrupts()
+            if run.debug:
+                traceback.print_exc()
+            run.fail(str(e), e.exit_code)
+        except KeyboardInterrupt as e:
+            hold_interrupts()
+            signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+            left = f": {out} left as it was" if out is not None else ""
+            said = f"{e} ({signal})" if str(e) else None  # what the stage kept, e.g. evaluate's scores
+            run.fail(said or f"{'terminated' if signal == 'SIGTERM' else 'interrupted'} by {signal}{left}",
+                     143 if signal == "SIGTERM" else 130)
+        except Exception as e:  # noqa: BLE001 - the last line of defence
+            hold_interrupts()
+            if run.debug:
+                traceback.print_exc()
+            hint = "" if run.debug else " (rerun with --debug for the traceback)"
+            run.fail(f"{type(e).__name__}: {e}".splitlines()[0] + hint, 1)
+        run.emit()
+
+def run_command(command: str, as_json: bool, debug: bool, body: Callable[[Run], None],
+                out: Path | None = None) -> None:
+    """One command: ``body(run)`` guarded (:func:`guarded`), then a failed quality gate's exit."""
+    run = Run(command, as_json, debug)
+    guarded(run, lambda: body(run), out)
+    if run.gate:
+        from .measure.evaluate import GATE_EXIT_CODE
+
+        err.print(f"[red]accuracy gate failed:[/] {'; '.join(run.gate)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(GATE_EXIT_CODE)
+
+
+def notice_fresh(run: Run, load, doing: str) -> None:
+    """Random weights said so: fine for latency, meaningless for predictions."""
+    if load.ckpt is None:
+        from .api import DEFAULT_ARCH
+
+        run.notice(
+            f"no --ckpt given: {doing} a freshly initialised {load.arch or DEFAULT_ARCH} (random "
+            "weights, not trained; fine for latency, meaningless for predictions)"
+        )
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    """A results table that folds long cells instead of cutting them (logs are 80 wide)."""
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    return table
+
+
+def artifact(kind: str, path: Path) -> dict:
+    from .files import sha256_file
+
+    path = Path(path)
+    if path.is_file():
+        return dict(kind=kind, path=str(path), sha256=sha256_file(path), size_bytes=path.stat().st_size)
+    return dict(kind=kind, path=str(path))
+
+
+def show_compiled(run: Run, r) -> None:
+    q = r.quantized
+    for n in (q.notices if q else []) + r.notices:
+        run.notice(n)
+    if q is not None:
+        run.artifacts += [artifact(kind, path) for kind, path in q.files().items()]
+        run.measure("sqnr_vs_float", q.quality.sqnr_db, "dB", "cpu (onnxruntime, QDQ)", str(q.qdq_onnx))
+    for kind, path in r.files().items():  # the artifacts, then the record
+        run.artifacts.append(artifact(kind, path))
+    if r.check is not None:
+        from .npu.compile import CPU_QDQ_VS_FLOAT
+
+        c = r.check
+        binary = str(r.artifacts.get("context_binary", r.model))
+        run.measure("npu_vs_cpu_sqnr", c.sqnr_db, "dB", c.runs_on, binary)
+        if c.top1_agreement is not None:
+            run.measure("npu_vs_cpu_top1_agreement", c.top1_agreement, "", c.runs_on, str(r.model))
+        if c.npu_vs_float_sqnr_db is not None:  # the NPU gate's figures
+            run.measure("npu_vs_float_sqnr", c.npu_vs_float_sqnr_db, "dB", c.runs_on, binary)
+            run.measure("cpu_qdq_vs_float_sqnr", c.qdq_vs_float_sqnr_db, "dB", CPU_QDQ_VS_FLOAT, str(r.model))
+    run.measure("compile_seconds", r.seconds, "s", r.backend, str(r.model))
+    run.results.append(r.to_json())
+    if run.as_json:
+        return
+    t = table("measure", "value", title=f"{r.model.name} -> {r.device} ({r.soc}, Hexagon {r.hexagon}), {r.backend}")
+    for kind, path in r.artifacts.items():
+        t.add_row(kind, str(path))
+    for job in r.jobs:
+        t.add_row(f"AI Hub {job['kind']} job", f"{job['id']} {job['status']} {job['url']}")
+    if r.check is not None:
+        c = r.check
+        t.add_row("NPU vs the same model on the CPU, SQNR", f"{c.sqnr_db:.2f} dB ({c.runs_on}; {c.inputs})")
+        if c.top1_agreement is not None:
+            t.add_row("NPU vs CPU top-1 agreement", f"{c.top1_agreement:.0%}")
+        if c.npu_vs_float_sqnr_db is not None:
+            t.add_row(f"SQNR vs float ({c.float_model})", f"NPU {c.npu_vs_float_sqnr_db:.2f} dB, "
+                      f"CPU QDQ {c.qdq_vs_float_sqnr_db:.2f} dB")
+        t.add_row("NPU gate", c.gate)
+    t.add_row("versions", ", ".join(f"{k} {v}" for k, v in r.versions.items()))
+    t.add_row("time", f"{r.seconds:.1f} s")
+    Console().print(t)
+
+
+def show_export(run: Run, results) -> None:
+    for n in dict.fromkeys(n for r in results for n in r.notices):  # one per command, not per file
+        run.notice(n)
+    tbl = table("file", "model", "grid", "max |onnx-torch|", "export s", title="exported")
+    for r in results:
+        run.artifacts.append(
+            dict(kind="onnx", path=str(r.path), sha256=r.sha256, size_bytes=r.size_bytes,
+                 resolution=r.resolution, model=r.model_name)
+        )
+        run.measure("export_seconds", r.seconds, "s", "cpu", str(r.path))
+        run.measure("max_abs_diff_vs_torch", r.max_abs_diff, "abs", "cpu", str(r.path))
+        run.results.append(r.to_json())
+        tbl.add_row(r.path.name, r.model_name, f"{r.grid}x{r.grid}",
+                      f"{r.max_abs_diff:.2e}", f"{r.seconds:.1f}")
+    if not run.as_json:
+        Console().print(tbl)
+
+
+def show_cpu_int8(run: Run, c) -> None:
+    for n in c.notices:
+        run.notice(n)
+    run.artifacts += [artifact(kind, path) for kind, path in c.files().items()]
+    where = "cpu (onnxruntime integer kernels)"
+    run.measure("sqnr_vs_float", c.quality.sqnr_db, "dB", where, str(c.path))
+    if c.quality.top1_agreement is not None:
+        run.measure("top1_agreement", c.quality.top1_agreement, "", where, str(c.path))
+    run.results.append(c.to_json())
+    if not run.as_json:
+        t = table("measure", "value", title=f"{c.path.name}: the CPU INT8 model (ONNX Runtime)")
+        t.add_row("output SQNR vs float", f"{c.quality.sqnr_db:.2f} dB")
+        if c.quality.top1_agreement is not None:
+            t.add_row("top-1 agreement", f"{c.quality.top1_agreement:.1%}")
+        t.add_row("8-bit ops", ", ".join(f"{k} {v}" for k, v in c.quantized_ops.items()))
+        t.add_row("float on purpose", ", ".join(f"{k} {v}" for k, v in c.float_ops.items()) or "-")
+        t.add_row("evaluated on", f"{c.quality.num_images} samples from {c.eval_source}")
+        t.add_row("time", f"{c.seconds:.0f} s")
+        Console().print(t)
+
+
+def show_quantized(run: Run, r) -> None:
+    for n in r.notices:
+        run.notice(n)
+    for kind, path in r.files().items():
+        run.artifacts.append(artifact(kind, path))
+    subject = str(r.qdq_onnx)
+    q = r.quality
+    run.measure("sqnr_vs_float", q.sqnr_db, "dB", "cpu (onnxruntime, QDQ)", subject)
+    run.measure("cosine_vs_float_mean", q.cosine_mean, "", "cpu (onnxruntime, QDQ)", subject)
+    if q.top1_agreement is not None:
+        run.measure("top1_agreement", q.top1_agreement, "", "cpu (onnxruntime, QDQ)", subject)
+    if r.sim_quality is not None:
+        run.measure("sim_sqnr_vs_float", r.sim_quality.sqnr_db, "dB", "aimet simulation", subject)
+        run.measure("qdq_vs_sim_sqnr", r.qdq_vs_sim_sqnr_db, "dB", "cpu vs aimet simulation", subject)
+    if r.npu is not None:
+        run.measure("npu_sqnr_vs_float", r.npu.npu_sqnr_db, "dB", r.npu.runs_on, subject)
+        run.measure("npu_samples_cpu_sqnr_vs_float", r.npu.qdq_sqnr_db, "dB", "cpu (onnxruntime, QDQ), the same samples", subject)
+    run.measure("quantize_seconds", r.seconds, "s", "cpu", subject)
+    run.results.append(r.to_json())
+    if run.as_json:
+        return
+    t = table("measure", "value", title=f"{r.qdq_onnx.name}: {r.precision} ({r.backend}) for {r.device} / {r.hexagon}")
+    t.add_row("output SQNR vs float (QDQ ONNX, CPU)", f"{q.sqnr_db:.2f} dB")
+    if r.npu is not None:
+        n = r.npu
+        t.add_row("output SQNR vs float (NPU, HTP simulator)",
+                  f"{n.npu_sqnr_db:.2f} dB on {n.num_samples} of the samples (CPU QDQ on those: "
+                  f"{n.qdq_sqnr_db:.2f} dB; NPU vs CPU QDQ {n.npu_vs_qdq_sqnr_db:.2f} dB)")
+    t.add_row("cosine vs float (mean / min)", f"{q.cosine_mean:.5f} / {q.cosine_min:.5f}")
+    if q.top1_agreement is not None:
+        t.add_row("top-1 agreement", f"{q.top1_agreement:.1%}")
+    if r.sim_quality is not None:
+        t.add_row("AIMET simulation SQNR vs float", f"{r.sim_quality.sqnr_db:.2f} dB")
+        t.add_row("QDQ ONNX vs simulation SQNR", f"{r.qdq_vs_sim_sqnr_db:.2f} dB")
+        t.add_row("simulation, weights quantized only", f"{r.weights_only_sqnr_db:.2f} dB")
+    if r.bias_correction_db is not None:
+        t.add_row("bias correction (calibration samples)",
+                  f"{r.bias_correction_db:+.2f} dB, " + ("kept" if r.bias_correction_db > 0 else "left out"))
+    t.add_row("residual stream rotated", "yes" if r.rotated else "no")
+    t.add_row("evaluated on", f"{q.num_images} samples from {r.eval_source}")
+    t.add_row("calibrated on", f"{r.num_calib} samples from {r.calib_source}")
+    t.add_row("16-bit activation layers", f"{len(r.promoted)} of {r.num_activation_quantizers}"
+              + (": " + ", ".join(r.promoted) if r.promoted else ""))
+    t.add_row("sizes", ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in r.sizes_bytes.items()))
+    t.add_row("most sensitive layers (share of activation noise)", ", ".join(f"{s.layer} {s.noise_share:.0%}" for s in r.sensitivity[:5]) or "-")
+    t.add_row("time", f"{r.seconds:.0f} s")
+    Console().print(t)
+
+
+def show_profile(run: Run, r) -> None:
+    for n in r.notices:
+        run.notice(n)
+    run.results.append(r.to_json())
+    for kind, path in r.files():  # models made from --ckpt; hub: compiled model, record, raw profile
+        run.artifacts.append(artifact(kind, path))
+    t = table("model", "where", "median ms", "p90 ms", "details",
+               title=f"latency: {r.device}, {r.backend}")
+    for c in r.cpu:
+        where = f"CPU, ONNX Runtime {c.onnxruntime}, {c.threads} threads"
+        run.measure("cpu_latency_median", c.median_ms, "ms", where, c.model)
+        run.measure("cpu_latency_p90", c.p90_ms, "ms", where, c.model)
+        t.add_row(Path(c.model).name, where, f"{c.median_ms:.2f}", f"{c.p90_ms:.2f}", f"{c.runs} runs")
+    if r.cpu_ratio is not None:
+        q = r.cpu_ratio
+        names = " / ".join(Path(c.model).name for c in reversed(r.cpu))
+        run.measure("cpu_latency_ratio", q.value, "", f"CPU, {q.pairs} paired runs", names)
+        t.add_row(names, "paired runs, median ratio", f"{q.value:.3f}", "-",
+                  f"95 % interval {q.low:.3f}-{q.high:.3f} ({q.pairs} pairs)")
+    if r.hub is not None:
+        h = r.hub
+        where = f"{h.hub_device} NPU (AI Hub profile)"
+        run.measure("estimated_inference_time", h.estimated_inference_ms, "ms", where, str(h.model))
+        if h.first_load_ms is not None:
+            run.measure("first_load_time", h.first_load_ms, "ms", where, str(h.model))
+        if h.device_check is not None:
+            run.measure("device_vs_cpu_sqnr", h.device_check.sqnr_db, "dB", where, str(h.model))
+        units = ", ".join(f"{u} {n}" for u, n in sorted(h.compute_units.items()))
+        mem = "-" if h.peak_memory_mb is None else f"{h.peak_memory_mb[0]:.1f}-{h.peak_memory_mb[1]:.1f} MB"
+        check = "-" if h.device_check is None else f"{h.device_check.sqnr_db:.1f} dB vs CPU"
+        t.add_row(h.model.name, where, f"{h.estimated_inference_ms:.2f}", "-",
+                  f"layers {units}; peak memory {mem}; first load {h.first_load_ms} ms; outputs {check}")
+    if not run.as_json:
+        Console().print(t)
+
+
+def show_compare(run: Run, r) -> None:
+    from .measure.compare import INT8_MODEL
+
+    for n in r.notices:
+        run.notice(n)
+    for kind, path in r.files.items():
+        run.artifacts.append(dict(kind=f"compare_{kind}", path=str(path)))
+    for kind, path in r.made:  # hub: the QDQ models sent and AI Hub's artifacts
+        run.artifacts.append(artifact(kind, path))
+    for row in r.rows:
+        subject = f"{row.arch}@{row.resolution}"
+        run.measure("latency_median" if r.backend == "cpu" else "estimated_inference_time",
+                    row.latency_ms, "ms", row.measured_on, subject)
+        if row.model == "skipat":
+            run.measure("skipat_vit_ratio", row.ratio_vs_vit, "", row.measured_on, subject)
+        if row.top1_float is not None:
+            run.measure("top1_float", row.top1_float, "", "cpu", subject)
+            run.measure("top1_int8", row.top1_int8, "", f"cpu (onnxruntime, {INT8_MODEL[r.backend]})", subject)
+    run.results.append(r.to_json())
+    if not run.as_json:
+        from .measure.compare import markdown
+
+        table = [ln for ln in markdown(r).splitlines() if not ln.startswith("Note: ")]
+        Console().print("\n".join(table), highlight=False, soft_wrap=True)
+
+
+def show_evaluate(run: Run, r) -> None:
+    for n in r.notices:
+        run.notice(n)
+    for kind, path in r.files.items():
+        run.artifacts.append(dict(kind=f"evaluate_{kind}", path=str(path)))
+    for t in r.targets:
+        subject = f"{t.name}: {t.model or r.model}"
+        run.measure("top1", t.top1, "", t.runs_on, subject)
+        run.measure("top5", t.top5, "", t.runs_on, subject)
+    doc = r.to_json()
+    run.results.append(doc)
+    run.extra.update(targets=doc["targets"], gate_failures=r.gate_failures)
+    if r.gate_failures:
+        run.extra["ok"] = False
+    run.gate.extend(r.gate_failures)
+    if run.as_json:
+        return
+    from .measure.evaluate import markdown
+
+    Console().print(markdown(r), highlight=False, soft_wrap=True)
+
+
+def show_bundle(run: Run, r) -> None:
+    for n in r.notices:
+        run.notice(n)
+    for folder, manifest in zip(r.folders, r.manifests):
+        run.artifacts.append(dict(kind="bundle", path=str(folder)))
+        run.artifacts.append(artifact("manifest", manifest))
+    for z in r.zips:
+        run.artifacts.append(artifact("bundle_zip", z))
+    run.results.append(dict(folders=[str(f) for f in r.folders], seconds=r.seconds))
+    if not run.as_json:
+        for folder in r.folders:
+            Console().print(f"bundle: {folder}", highlight=False)
+
+
+def show_verify(run: Run, r) -> None:
+    run.results.append(dict(folder=str(r.folder), files_checked=r.files_checked, smoke=r.smoke,
+                            runtimes=r.runtimes))
+    if not run.as_json:
+        Console().print(f"{r.folder}: OK ({r.files_checked} files match the manifest; "
+                        f"{len(r.smoke)} CPU models ran)", highlight=False)
+        for binary, needs in r.runtimes.items():
+            Console().print(f"  {binary}: needs {needs}", highlight=False)
+
+
+def show_inspect(run: Run, r) -> None:
+    for n in r.notices:
+        run.notice(n)
+    for kind, path in r.files.items():
+        run.artifacts.append(artifact(kind, path))
+    o = r.output
+    for name, key, where in (("qdq_vs_float_sqnr", "qdq_vs_float_db", "cpu (onnxruntime, QDQ)"),
+                             ("npu_vs_float_sqnr", "npu_vs_float_db", r.npu),
+                             ("npu_vs_qdq_sqnr", "npu_vs_qdq_db", r.npu)):
+        if o[key] is not None:
+            run.measure(name, o[key], "dB", where, f"{r.model}: {o['tensor']}")
+    doc = r.to_json()
+    run.results.append(doc)
+    run.extra.update(largest_qdq_drop=doc["largest_qdq_drop"],
+                     first_npu_divergence=doc["first_npu_divergence"],
+                     largest_npu_drop=doc["largest_npu_drop"])
+    if run.as_json:
+        return
+
+    def db(v):
+        return "-" if v is None else "inf" if v == float("inf") else f"{v:.1f}"
+
+    t = table("measure", "value", title=f"{r.model.name} on {r.device} ({r.soc}, Hexagon {r.hexagon})")
+    t.add_row("samples", r.inputs)
+    t.add_row("float reference per tensor", r.float_reference)
+    t.add_row("NPU side", r.npu + ("" if r.npu_partitions is None else f"; {r.npu_partitions} QNN partition(s)"))
+    t.add_row(f"output {o['tensor']}: SQNR vs float", f"CPU QDQ {db(o['qdq_vs_float_db'])} dB, "
+              f"NPU {db(o['npu_vs_float_db'])} dB; NPU vs CPU QDQ {db(o['npu_vs_qdq_db'])} dB")
+    if (d := r.largest_qdq_drop) is not None:
+        t.add_row("largest QDQ drop", f"#{d['index']} {d['tensor']} ({d['op']}, {d['layer']}, "
+                  f"{d['bits']}-bit): {db(d['qdq_drop_db'])} dB down to {db(d['qdq_vs_float_db'])} dB")
+    if (d := r.first_npu_divergence) is not None:
+        t.add_row("first NPU divergence", f"#{d['index']} {d['tensor']} ({d['op']}, {d['layer']}, "
+                  f"{d['bits']}-bit): NPU vs CPU QDQ {db(d['npu_vs_qdq_db'])} dB, one rounding "
+                  f"{db(d['rounding_sqnr_db'])} dB")
+    if (d := r.largest_npu_drop) is not None:
+        t.add_row("largest NPU drop", f"#{d['index']} {d['tensor']} ({d['op']}, {d['layer']}, "
+                  f"{d['bits']}-bit): vs float NPU {db(d['npu_vs_float_db'])} dB, CPU QDQ "
+                  f"{db(d['qdq_vs_float_db'])} dB ({db(d['npu_drop_db'])} dB further behind "
+                  "than at its inputs)")
+    t.add_row("tensors", f"{len(r.layers)} quantized activations: {', '.join(str(p) for p in r.files.values())}")
+    t.add_row("time", f"{r.seconds:.0f} s")
+    Console().print(t)
+
+
+def show_predictions(run: Run, preds) -> None:
+    out = Console()
+    for p in preds:
+        run.results.append(p.to_json())
+        if run.as_json:
+            continue
+        if p.top:
+            tops = ", ".join(f"{c.label} ({c.probability:.1%})" for c in p.top)
+            out.print(f"{p.image}: {tops}", highlight=False)
+        else:
+            out.print(f"{p.image}: {p.feature_dim}-d features, L2 norm {p.feature_norm:.3f}")
+
+
+def show_models(run: Run, specs) -> None:
+    tbl = table("name", "family", "dim", "depth", "heads", "patch", "classes", "Φ skips")
+    for s in specs:
+        a = s.arch
+        run.results.append(dict(name=s.name, family=a.family, embed_dim=a.embed_dim,
+                                depth=a.depth, num_heads=a.num_heads, patch_size=a.patch_size,
+                                num_classes=a.num_classes, skip_indices=list(a.skip_indices)))
+        tbl.add_row(s.name, a.family, str(a.embed_dim), str(a.depth), str(a.num_heads),
+                      str(a.patch_size), str(a.num_classes),
+                      ",".join(map(str, a.skip_indices)) or "-")
+    if not run.as_json:
+        Console().print(tbl)
+
+
+def show_devices(run: Run, profiles, hub: tuple[list[dict], list[str]] | None) -> None:
+    """The local table; with ``hub`` (AI Hub's live devices, those missing), both."""
+    from dataclasses import asdict
+
+    tbl = table("device", "chipset", "SoC", "Hexagon", "soc_model", "fp16", "weight sharing",
+                   "OS", "AI Hub name", "also typed as")
+    for p in profiles:
+        run.results.append(asdict(p))
+        tbl.add_row(p.name, p.chipset, p.soc, p.hexagon, str(p.qnn_soc_model),
+                      "yes" if p.fp16 else "no", "yes" if p.weight_sharing else "no", p.os,
+                      p.hub_devices[0] if p.hub_devices else "(not on AI Hub)",
+                      ", ".join(p.aliases[:3]))
+    live = None
+    if hub is not None:
+        live, missing = hub
+        run.extra.update(hub_devices=live, not_on_hub=missing)
+        lacking = [d for d in live if d["profile"] is None]
+        for d in lacking:
+            run.notice(f"AI Hub offers {d['name']} ({d['chipset']}, {d['hexagon']}, soc-model "
+                       f"{d['soc_model']}), which the local table lacks")
+    if run.as_json:
+        return
+    Console().print(tbl)
+    if live is not None:
+        t = table("AI Hub device", "chipset", "Hexagon", "soc-model", "OS", "local target",
+                   title="live on AI Hub")
+        for d in live:
+            t.add_row(d["name"], str(d["chipset"]), str(d["hexagon"]), str(d["soc_model"]),
+                      str(d["os"]), d["profile"] or "[yellow]not in the local table[/]")
+        Console().print(t)
