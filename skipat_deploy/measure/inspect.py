@@ -806,6 +806,10 @@ def write_chart(path: Path, result: InspectResult) -> None:
         return np.array([np.nan if v is None or math.isinf(v) else v for v in vals], float)
 
     fig, ax = plt.subplots(figsize=(max(9, 0.02 * len(rows) + 6), 4.8), dpi=100)
+    shown = [v for key in ("qdq_vs_float_db", "npu_vs_float_db", "npu_vs_qdq_db")
+             for v in curve(key) if np.isfinite(v)]
+    if shown:  # a constant tensor's 140 dB would flatten the rest: 100 dB is exact enough
+        ax.set_ylim(min(shown) - 2, min(max(shown) + 2, 100))
     for key, label, style in (("qdq_vs_float_db", "CPU QDQ vs float", "-"),
                               ("npu_vs_float_db", "NPU vs float", "-"),
                               ("npu_vs_qdq_db", "NPU vs CPU QDQ", "-"),
