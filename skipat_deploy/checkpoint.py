@@ -24,10 +24,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .files import sha256_file
+from .lazy import functional as F, torch
 from .errors import ArchitectureError, CheckpointError, UnsafeCheckpointError
 from .models.config import DEFAULT_SKIP_INDICES, SKIPAT, VIT, ArchConfig
 from .models.registry import ModelSpec, build_model, get_spec, match_spec

@@ -221,3 +221,17 @@ def test_options_carry_their_facts_on_the_field():
     assert f.default == 64 and "Calibration samples" in f.metadata[KEY].help
     assert all(KEY in f.metadata for f in dataclasses.fields(LoadConfig))
     assert Input  # the command's own arguments (paths) are declared in cli.py, beside the command
+
+
+def test_reading_the_commands_and_configs_does_not_import_torch():
+    """``--help`` and the API's configs are read without paying for torch (1.5-10 s)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, skipat_deploy.cli, skipat_deploy.api; "
+             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('skipat_deploy.models.')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['skipat_deploy.models.config', 'skipat_deploy.models.registry']"
+    help_text = subprocess.run([sys.executable, "-c", "from skipat_deploy.cli import main; main()", "quantize", "--help"],
+                               capture_output=True, text=True)
+    assert help_text.returncode == 0 and "--num-calib" in help_text.stdout

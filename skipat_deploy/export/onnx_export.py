@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
 from .. import __version__
 from ..checkpoint import LoadedCheckpoint, load_weights
 from ..errors import ExportValidationError, ResolutionError, UserError
 from ..files import artifact_stem, sha256_file
+from ..lazy import torch
 from ..models.registry import build_model, init_weights, get_spec
 from ..options import option
 from ..staging import Stage, staged

@@ -9,14 +9,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field, replace
 
-import torch
-from torch import nn
-
 from ..errors import ArchitectureError
+from ..lazy import torch
 from ..preprocess import Preprocess
 from .config import DEFAULT_SKIP_INDICES, SKIPAT, VIT, ArchConfig
-from .skipat import VisionTransformerSkipAt
-from .vit import VisionTransformer
 
 
 @dataclass(frozen=True)
@@ -105,13 +101,16 @@ def match_spec(arch: ArchConfig) -> ModelSpec:
     return ModelSpec(name, arch, doc="architecture inferred from the checkpoint")
 
 
-def build_model(arch: ArchConfig, grid: int | None = None) -> nn.Module:
+def build_model(arch: ArchConfig, grid: int | None = None) -> "torch.nn.Module":
     """An uninitialised model of this architecture for one patch grid, in eval mode."""
+    from .skipat import VisionTransformerSkipAt  # defining nn.Modules imports torch: here, not on import
+    from .vit import VisionTransformer
+
     cls = VisionTransformerSkipAt if arch.family == SKIPAT else VisionTransformer
     return cls(arch, grid).eval()
 
 
-def init_weights(model: nn.Module, seed: int = 0) -> nn.Module:
+def init_weights(model: "torch.nn.Module", seed: int = 0) -> "torch.nn.Module":
     """timm's default init (truncated normal 0.02), seeded: same seed, same weights."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -123,5 +122,5 @@ def init_weights(model: nn.Module, seed: int = 0) -> nn.Module:
             elif p.ndim == 1:  # LayerNorm weight
                 p.fill_(1.0)
             else:
-                nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04, generator=gen)
+                torch.nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04, generator=gen)
     return model

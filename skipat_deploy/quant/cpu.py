@@ -29,16 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
 from ..checkpoint import LoadedCheckpoint
 from ..errors import UserError
 from ..export import DEFAULT_RESOLUTION, INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, export_onnx
 from ..files import sha256_file
+from ..lazy import torch
 from ..metrics import Quality, quality
 from ..staging import staged
-from . import rotate
-from .rewrite import check_float_equivalent
 from .quantize import DEFAULT_NUM_CALIB, QuantizeConfig, float_reference
 
 CPU_INT8_OPS = ("MatMul", "Gemm", "Conv")
@@ -168,6 +166,9 @@ def quantize_cpu(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: CpuInt8Config
     calib_set, eval_set, xc, xe, model, ref = float_reference(ckpt, cfg, notices, step)
     res = cfg.resolution
     step("CPU INT8: rotating each head's values" + (" and the residual stream" if cfg.rotate else ""))
+    from . import rotate  # as quantize's rewrite: the modules' torch decorators load torch
+    from .rewrite import check_float_equivalent
+
     original, model = model, copy.deepcopy(model)
     with torch.no_grad():
         if cfg.rotate:

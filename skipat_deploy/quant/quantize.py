@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
 from .. import calibration
 from ..checkpoint import LoadedCheckpoint, load_weights
@@ -37,6 +36,7 @@ from ..errors import ExportValidationError, UserError
 from ..export import (DEFAULT_RESOLUTION, INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, check_resolution,
                       export_onnx, output_name, run_qdq_cpu)
 from ..files import sha256_file, sha256_path
+from ..lazy import torch
 from ..metrics import Quality, quality, sqnr_db
 from ..models.registry import build_model
 from ..options import option
