@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import numpy as np
@@ -46,6 +47,23 @@ def _q_types(path) -> Counter:
     return Counter(onnx.TensorProto.DataType.Name(init[n.input[2]].data_type)
                    for n in m.graph.node
                    if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in init)
+
+
+def _softmax_steps(path) -> list[tuple[str, float]]:
+    """(zero-point type, step) of each quantizer on a Softmax output."""
+    m = onnx.load(str(path))
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+    softmax_out = {n.output[0] for n in m.graph.node if n.op_type == "Softmax"}
+    return [(str(init[n.input[2]].dtype), float(init[n.input[1]])) for n in m.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] in softmax_out]
+
+
+def _assert_8_bit_softmax_steps_are_powers_of_two(path, expect_8_bit=True):
+    steps = _softmax_steps(path)
+    assert steps and (not expect_8_bit or any(t == "uint8" for t, _ in steps))
+    for dtype, step in steps:
+        if dtype == "uint8":  # the HTP's 8-bit Softmax is exact only then (quant/qdq.py)
+            assert math.log2(step) == round(math.log2(step)), step
 
 
 def _files(folder):
@@ -92,6 +110,7 @@ def test_aimet_mixed_promotes_at_most_a_quarter_skipat(tmp_path, nano_ckpts, pho
     for layer in r.promoted:  # a 16-bit softmax is read at 16 bit, never requantized to 8
         if layer.endswith("softmax"):
             assert layer.replace("softmax", "av_matmul") in r.promoted
+    _assert_8_bit_softmax_steps_are_powers_of_two(r.qdq_onnx, expect_8_bit=False)
     rows = (tmp_path / "skipat_nano_patch16_224_mixed_v69.layers.csv").read_text().splitlines()
     promoted_rows = [row for row in rows[1:] if row.endswith(",1")]
     assert len(promoted_rows) == len(r.promoted)
@@ -124,6 +143,7 @@ def test_qat_fine_tune_runs(tmp_path, nano_ckpts, photos):
     r = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path, precision="w8a8", qat_steps=2,
                      calib_dir=photos, **FAST)
     assert np.isfinite(r.quality.sqnr_db) and r.qdq_onnx.is_file()
+    _assert_8_bit_softmax_steps_are_powers_of_two(r.qdq_onnx)  # QAT moved them; snapped again
 
 
 def test_ort_backend_and_384(tmp_path, nano_ckpts, photos):
@@ -135,6 +155,7 @@ def test_ort_backend_and_384(tmp_path, nano_ckpts, photos):
     assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 384, 384]
     assert _q_types(r.qdq_onnx)["UINT8"] > 0 and not _q_types(r.qdq_onnx)["UINT16"]
     assert np.isfinite(r.quality.sqnr_db)
+    _assert_8_bit_softmax_steps_are_powers_of_two(r.qdq_onnx)
 
 
 def test_qdq_model_runs_through_predict(tmp_path, nano_ckpts, photos):
@@ -373,8 +394,9 @@ def _tiny_sim(seed: int):
 
 
 def test_softmax_ranges_minimise_the_error_of_p_times_v():
-    """The fitted max is the one of the grid that minimises |q(P) V - P V| (checked here by an
-    independent search), so never worse than the calibrated range or [0, 1]."""
+    """The fitted max is the one of the power-of-two-step grid that minimises |q(P) V - P V|
+    (checked here by an independent search), so never worse than the power-of-two step that
+    holds the calibrated range, or than [0, 255/256]; its step is a power of two."""
     from skipat_deploy.quant.aimet import fixes
 
     model, sim, x = _tiny_sim(seed=5)
@@ -406,10 +428,15 @@ def test_softmax_ranges_minimise_the_error_of_p_times_v():
         q = mods[sm].output_quantizers[0]
         hi = float(q.get_max().detach())
         assert float(q.get_min().detach()) == 0.0
-        grid = (before[sm] * fixes.SOFTMAX_MAX_FACTORS).tolist()
-        best = min(grid, key=lambda g: error(sm, g))
+        step = float(q.get_scale().detach())
+        assert math.log2(step) == round(math.log2(step))
+        grid = [255 * 2.0**-k for k in range(7, 40)]
+        holds_calibrated = min(g for g in grid if g >= before[sm])
+        searched = [g for g in grid if holds_calibrated / 32 <= g <= holds_calibrated]
+        assert len(searched) == 6
+        best = min(searched, key=lambda g: error(sm, g))
         assert hi == pytest.approx(best, rel=1e-6)
-        assert error(sm, hi) <= min(error(sm, before[sm]), error(sm, 1.0))
+        assert error(sm, hi) <= min(error(sm, holds_calibrated), error(sm, 255 / 256))
 
 
 def test_bias_correction_removes_the_mean_error():
@@ -455,3 +482,46 @@ def test_bias_correction_removes_the_mean_error():
     # the head sees 8 class tokens: its mean moves with every upstream rounding change
     assert after["head"] < 0.5 * before["head"]
     assert sqnr_after > sqnr_before + 3
+
+
+def test_power_of_two_softmax_steps_round_up_only_8_bit_softmax_scales(tmp_path):
+    """The 8-bit Softmax step is rounded up (nothing clipped); a scale the Softmax shares with
+    another quantizer, and a 16-bit Softmax, are left as they were."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from skipat_deploy.quant.qdq import power_of_two_softmax_steps
+
+    def qdq(x, s, z, out):
+        return [helper.make_node("QuantizeLinear", [x, s, z], [out + "_q"]),
+                helper.make_node("DequantizeLinear", [out + "_q", s, z], [out])]
+
+    shared = 0.003  # log2 = -8.38: becomes 2^-8 on the Softmax, stays on the other tensor
+    inits = [numpy_helper.from_array(np.array(shared, np.float32), "s"),
+             helper.make_tensor("z8", TensorProto.UINT8, [], [0]),
+             numpy_helper.from_array(np.array(3e-6, np.float32), "s16"),
+             helper.make_tensor("z16", TensorProto.UINT16, [], [0])]
+    nodes = [helper.make_node("Softmax", ["x"], ["p"], axis=-1), *qdq("p", "s", "z8", "p8"),
+             helper.make_node("Relu", ["x"], ["r"]), *qdq("r", "s", "z8", "r8"),
+             helper.make_node("Softmax", ["x"], ["p2"], axis=-1), *qdq("p2", "s16", "z16", "p16")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 8]) for n in ("p8", "r8", "p16")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])], outs, inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), path)
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+
+    assert power_of_two_softmax_steps(path) == 1
+    assert sorted(_softmax_steps(path)) == [("uint16", pytest.approx(3e-6)), ("uint8", 2.0**-8)]
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    p8, r8, _ = _run_all(path, x)
+    p = np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+    assert np.allclose(p8, np.clip(np.round(p / 2.0**-8), 0, 255) * 2.0**-8)
+    assert np.allclose(r8, np.clip(np.round(np.maximum(x, 0) / np.float32(shared)), 0, 255) * np.float32(shared))
+    assert power_of_two_softmax_steps(path) == 0  # already on the grid
+
+
+def _run_all(path, x):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})

@@ -9,6 +9,7 @@ from torch import nn
 
 from ...metrics import sqnr_db
 from ...models import layers as L
+from ..qdq import power_of_two_step
 from .sim import Source, input_sources, module_consumers
 
 # The QDQ export stores each bias as int32 with scale (input scale x weight scale), as the HTP
@@ -90,11 +91,21 @@ def floor_gelu_inputs(sim, names: list[str]) -> None:
 # Softmax outputs are calibrated for the probabilities' own SQNR, which keeps the range near
 # the few largest attention weights (about [0, 1] in a trained ViT); then every weight below half
 # a step reads 0, and a ViT's many small weights carry much of P·V. What the network sees is P·V,
-# so the max is chosen for that error instead, from the calibrated max times 2^(-k/5),
-# k = 0..25 (down to 1/32 of it). DINOv2 ViT-S/14 w8a8: the chosen max falls to 0.4-0.9;
-# 16.1 -> 17.3 dB on held-out photos (14.2 -> 15.9 dB with the photo sets swapped).
-SOFTMAX_MAX_FACTORS = 2.0 ** -torch.linspace(0, 5, 26, dtype=torch.float64)
+# so the max is chosen for that error instead. The HTP's 8-bit Softmax needs a power-of-two step
+# (:func:`..qdq.power_of_two_step`), so the candidates are the power-of-two steps from the one
+# that holds the calibrated max down to 1/32 of it. DINOv2 ViT-S/14 w8a8, with the earlier grid
+# of the calibrated max times 2^(-k/5): the chosen max fell to 0.4-0.9; 16.1 -> 17.3 dB on
+# held-out photos (14.2 -> 15.9 dB with the photo sets swapped).
+SOFTMAX_SEARCH_OCTAVES = 6  # 2^-5 = 1/32 below the step that holds the max, that one included
 SOFTMAX_SEARCH_SAMPLES = 16
+
+
+def softmax_max_grid(calibrated_max: float, bitwidth: int = 8) -> list[float]:
+    """Candidate maxima for a softmax output: power-of-two steps times ``2^bitwidth - 1``,
+    largest first, from the one that covers ``calibrated_max``."""
+    levels = 2**bitwidth - 1
+    top = power_of_two_step(calibrated_max / levels)
+    return [levels * top * 2.0**-k for k in range(SOFTMAX_SEARCH_OCTAVES)]
 
 
 def _fake_quant(x: torch.Tensor, lo: float, hi: float, bitwidth: int) -> torch.Tensor:
@@ -129,7 +140,7 @@ def fit_softmax_ranges(sim, pairs: dict[str, str], x: torch.Tensor) -> None:
         q = mods[sm].output_quantizers[0]
         if q is None or q.bitwidth != 8 or not q.is_initialized():
             continue
-        grids[sm] = (float(q.get_max().detach()) * SOFTMAX_MAX_FACTORS).tolist()
+        grids[sm] = softmax_max_grid(float(q.get_max().detach()), q.bitwidth)
 
         def keep(_, inp, sm=sm):
             probs[sm] = inp[0].float()
@@ -153,6 +164,26 @@ def fit_softmax_ranges(sim, pairs: dict[str, str], x: torch.Tensor) -> None:
         for sm, e in errors.items():
             hi = grids[sm][int(e.argmin())]
             mods[sm].output_quantizers[0].set_range(torch.tensor(0.0), torch.tensor(hi))
+    power_of_two_softmax_steps(sim)
+
+
+def power_of_two_softmax_steps(sim) -> list[str]:
+    """Round every 8-bit softmax output step up to a power of two, as the HTP needs (after
+    QAT, which moves ranges; the fitted ones already are). Returns the softmaxes changed."""
+    changed = []
+    with torch.no_grad():
+        for name, m in sim.model.named_modules():
+            qs = getattr(m, "output_quantizers", None)
+            q = qs[0] if isinstance(m, nn.Softmax) and qs else None
+            if q is None or q.bitwidth != 8 or not q.is_initialized():
+                continue
+            lo, hi = float(q.get_min().detach()), float(q.get_max().detach())
+            levels = 2**q.bitwidth - 1
+            step = power_of_two_step((hi - min(lo, 0.0)) / levels)
+            if lo != 0.0 or hi != levels * step:
+                q.set_range(torch.tensor(0.0), torch.tensor(levels * step))
+                changed.append(name)
+    return changed
 
 
 # Empirical bias correction (Nagel et al., "Data-Free Quantization Through Weight Equalization
