@@ -158,7 +158,10 @@ def test_negative_layernorm_gains_quantize_like_the_original(precision, backend,
 def test_skipat_with_layerscale_quantizes(precision, trained_like_ckpts, tmp_path):
     """A skipped block's LayerScale used to be dropped (folded into an attention projection
     that never runs): 3 dB at every precision."""
+    # 16 held-out images, not 4: a dropped LayerScale moves every image, while one image's
+    # one-step rounding flip ahead of the final LayerNorm (a CLS token of tiny spread) moved
+    # the pooled SQNR of 4 images by 1.8 dB (0.4 dB over 16).
     r = api.quantize(trained_like_ckpts["skipat_layerscale"], tmp_path, precision=precision,
-                     skip_indices=LAYOUTS["skipat_layerscale"].skip_indices, **FAST)
+                     skip_indices=LAYOUTS["skipat_layerscale"].skip_indices, **{**FAST, "num_eval": 16})
     assert r.quality.sqnr_db >= r.sim_quality.sqnr_db - 1.0
     assert r.quality.sqnr_db > (25 if precision == "w8a16" else 12)

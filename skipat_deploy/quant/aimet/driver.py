@@ -16,7 +16,7 @@ from torch import nn
 from ..qdq import store_weights_as_integers
 from ..report import LayerSensitivity
 from .fixes import (SOFTMAX_SEARCH_SAMPLES, bias_correction, bias_correction_samples,
-                    fit_softmax_ranges, fit_weight_scales_to_biases, floor_gelu_inputs, power_of_two_softmax_steps,
+                    fit_softmax_ranges, fit_weight_scales_to_biases, floor_gelu_inputs,
                     gelu_only_producers, softmax_value_pairs)
 from .mixed import (MAX_PROMOTED_FRACTION, SENSITIVITY_SAMPLES, choose_promoted,
                     isolated_sensitivity, noise_share, promotion_groups)
@@ -153,7 +153,7 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
             bias_gain = bias_correction(sim, base_model, xc[:n])
         if cfg.qat_steps:
             _qat(sim, model, xc, cfg.qat_steps, step)
-            power_of_two_softmax_steps(sim)
+            fit_softmax_ranges(sim, softmax_pairs, xc[:SOFTMAX_SEARCH_SAMPLES])  # QAT moved them
         fit_weight_scales_to_biases(sim, sources)  # bias correction and QAT moved biases and ranges
     bits = {n: _out_bw(m) for n, m in sim.model.named_modules()}
     sens = [LayerSensitivity(n, bits.get(n) or b, s, share[n]) for n, b, s in rows]

@@ -104,7 +104,7 @@ def softmax_max_grid(calibrated_max: float, bitwidth: int = 8) -> list[float]:
     """Candidate maxima for a softmax output: power-of-two steps times ``2^bitwidth - 1``,
     largest first, from the one that covers ``calibrated_max``."""
     levels = 2**bitwidth - 1
-    top = power_of_two_step(calibrated_max / levels)
+    top = power_of_two_step(calibrated_max / levels, levels)
     return [levels * top * 2.0**-k for k in range(SOFTMAX_SEARCH_OCTAVES)]
 
 
@@ -168,8 +168,8 @@ def fit_softmax_ranges(sim, pairs: dict[str, str], x: torch.Tensor) -> None:
 
 
 def power_of_two_softmax_steps(sim) -> list[str]:
-    """Round every 8-bit softmax output step up to a power of two, as the HTP needs (after
-    QAT, which moves ranges; the fitted ones already are). Returns the softmaxes changed."""
+    """Put every 8-bit softmax output step on a power of two, as the HTP needs (those not
+    fitted above; the fitted ones already are). Returns the softmaxes changed."""
     changed = []
     with torch.no_grad():
         for name, m in sim.model.named_modules():
@@ -179,7 +179,7 @@ def power_of_two_softmax_steps(sim) -> list[str]:
                 continue
             lo, hi = float(q.get_min().detach()), float(q.get_max().detach())
             levels = 2**q.bitwidth - 1
-            step = power_of_two_step((hi - min(lo, 0.0)) / levels)
+            step = power_of_two_step((hi - min(lo, 0.0)) / levels, levels)
             if lo != 0.0 or hi != levels * step:
                 q.set_range(torch.tensor(0.0), torch.tensor(levels * step))
                 changed.append(name)
