@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ArchitectureError, CheckpointError, UnsafeCheckpointError
 from .files import sha256_file
 from .lazy import functional as F, torch
-from .errors import ArchitectureError, CheckpointError, UnsafeCheckpointError
 from .models.config import DEFAULT_SKIP_INDICES, SKIPAT, VIT, ArchConfig
 from .models.registry import ModelSpec, build_model, get_spec, match_spec
 from .options import option
