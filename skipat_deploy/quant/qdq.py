@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-# The HTP's 8-bit Softmax follows the CPU only when its output step is a power of two. Measured on the
-# QNN HTP simulator (Hexagon v69), one Softmax over 577 tokens against float: step 2^-15.34,
+# The HTP's 8-bit Softmax follows the CPU only when its output step is a power of two. Measured
+# on the QNN HTP simulator (Hexagon v69), one Softmax over 577 tokens against float: 2^-15.34,
 # CPU QDQ 48.3 dB, NPU 4.8 dB; step 2^-15, CPU 46.3, NPU 40.2 dB; in ViT-T at 384 px the whole
 # network's output fell from 20.9 (CPU QDQ) to 13.5 dB on the NPU. At 16 bits the step does not
 # matter (NPU 38-50 dB either way). So an 8-bit Softmax step goes to a power of two: the one
