@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +123,14 @@ def spread(sizes: Sequence[int], n: int, seed: int | Sequence[int] = 0) -> list[
                 out.append(int(g))
                 taken[g] += 1
     return out
+
+
+class NoUsableImage(UserError):
+    """Nothing drawn from a folder could be used (``unusable``: each file with its reason)."""
+
+    def __init__(self, message: str, unusable: tuple[str, ...]):
+        super().__init__(message)
+        self.unusable = unusable
 
 
 class _Pool:
@@ -255,9 +263,9 @@ def load_samples(images: ImageSet, size: int, pp: Preprocess, count: int,
             photos.append(img)
     if not used:
         where = f"{images.source.split(' ')[0]} folder {images.root}" if images.root else images.source
-        raise UserError(f"{where} holds no usable image: none of the "
-                        f"{len(unusable)} drawn could be used ({'; '.join(unusable[:3])}); give a "
-                        f"folder of photos ({', '.join(IMAGE_SUFFIXES)})")
+        raise NoUsableImage(f"{where} holds no usable image: none of the "
+                            f"{len(unusable)} drawn could be used ({'; '.join(unusable[:3])}); give a "
+                            f"folder of photos ({', '.join(IMAGE_SUFFIXES)})", tuple(unusable))
     if len(used) < count and not photos:  # files failed with none left to replace them
         photos = [open_rgb(p) for p in used]
     for j in range(len(used), count):
@@ -265,6 +273,50 @@ def load_samples(images: ImageSet, size: int, pp: Preprocess, count: int,
         out.append(to_tensor(resize_and_crop(view, size, pp), pp))
     got = ImageSet(tuple(used), images.source, images.skipped, tuple(unusable), images.root)
     return got, np.concatenate(out)
+
+
+def load_split(calib: ImageSet, held_out: ImageSet, size: int, pp: Preprocess, num_calib: int,
+               num_eval: int, seed: int = 0) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray, list[str]]:
+    """:func:`load_samples` for a calibration draw and the held-out draw of the same folder
+    (:func:`draw` with ``held_out``), and the notices to show. In a small folder every file is
+    drawn, so an unusable one has no replacement left: when either side then holds no usable
+    image, the usable files of both are split again (a quarter held out, at least one), and a
+    folder with a single usable photo calibrates and reports on it, saying so. A folder with no
+    usable image at all is still one error."""
+    try:
+        calib_got, xc = load_samples(calib, size, pp, num_calib, seed=seed)
+    except NoUsableImage as e:
+        calib_got, xc, calib_bad = None, None, e
+    try:
+        held_got, xe = load_samples(held_out, size, pp, num_eval, seed=seed + 1)
+    except NoUsableImage as e:
+        held_got, xe, held_bad = None, None, e
+    if calib_got is not None and held_got is not None:
+        return (calib_got, xc, held_got, xe, calib_got.unusable_notice("--calib")
+                + held_got.unusable_notice("--calib (held out)"))
+    if calib_got is None and held_got is None:
+        raise calib_bad
+    usable = [*(calib_got.paths if calib_got else ()), *(held_got.paths if held_got else ())]
+    unusable = (*(calib_got.unusable if calib_got else calib_bad.unusable),
+                *(held_got.unusable if held_got else held_bad.unusable))
+    source = calib.source
+    if len(usable) == 1:
+        one = ImageSet(tuple(usable), source, calib.skipped, unusable, calib.root)
+        calib_got, xc = load_samples(one, size, pp, num_calib, seed=seed)
+        held_got, xe = load_samples(replace(one, unusable=(), source=f"{source} (the calibration photo, reused)"),
+                                    size, pp, num_eval, seed=seed + 1)
+        reused = (f"--calib: {calib_got.files()[0]} is the only usable image, so the quality report "
+                  "is measured on the photo that calibrated the model (not held out); give --eval "
+                  "DIR or more images for a held-out figure")
+        return calib_got, xc, held_got, xe, calib_got.unusable_notice("--calib") + [reused]
+    k = max(1, len(usable) // 4)
+    calib_set = ImageSet(tuple(usable[:-k]), source, calib.skipped, unusable, calib.root)
+    held_set = ImageSet(tuple(usable[-k:]), held_out.source, root=calib.root)
+    calib_got, xc = load_samples(calib_set, size, pp, num_calib, seed=seed)
+    held_got, xe = load_samples(held_set, size, pp, num_eval, seed=seed + 1)
+    split = (f"--calib: the held-out split was made again from the {len(usable)} usable images "
+             f"({len(usable) - k} to calibrate, {k} held out)")
+    return calib_got, xc, held_got, xe, calib_got.unusable_notice("--calib") + [split]
 
 
 def image_batch(images: ImageSet, size: int, pp: Preprocess, count: int, seed: int = 0) -> np.ndarray:

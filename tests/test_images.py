@@ -71,3 +71,61 @@ def test_a_folder_with_no_usable_image_is_one_clear_error(tmp_path):
                                  Preprocess(), 4)
     msg = str(e.value)
     assert "no usable image" in msg and "broken.png" in msg and "\n" not in msg
+
+
+@pytest.fixture()
+def small_odd_folder(tmp_path):
+    """Five good photos in odd modes, a truncated JPEG and a text file: a user's first folder."""
+    d = tmp_path / "small"
+    d.mkdir()
+    p = _photo()
+    p.convert("L").save(d / "grey.png")
+    p.convert("RGBA").save(d / "rgba.png")
+    p.convert("CMYK").save(d / "cmyk.jpg")
+    p.convert("P", palette=Image.ADAPTIVE, colors=16).save(d / "palette.png")
+    _photo(40, 30).save(d / "thumb.jpg")
+    full = d / "thumb.jpg"
+    (d / "broken.jpg").write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def _seed_holding_out(listing, name: str) -> int:
+    """A seed whose held-out split of ``listing`` (16 asked, a quarter given) is file ``name``."""
+    for seed in range(100):
+        _, held = calibration.draw(listing, 64, seed, held_out=16)
+        if [p.name for p in held.paths] == [name]:
+            return seed
+    raise AssertionError(f"no seed holds out {name}")
+
+
+def test_a_small_folder_whose_held_out_file_is_broken_splits_its_usable_photos(small_odd_folder):
+    listing = calibration.list_images(small_odd_folder)
+    seed = _seed_holding_out(listing, "broken.jpg")
+    calib, held = calibration.draw(listing, 64, seed, held_out=16)
+    got_c, xc, got_e, xe, notices = calibration.load_split(calib, held, 224, Preprocess(), 64, 16, seed)
+    used_c, used_e = {p.name for p in got_c.paths}, {p.name for p in got_e.paths}
+    assert len(used_c) == 4 and len(used_e) == 1 and not used_c & used_e  # still held out
+    assert used_c | used_e == {"grey.png", "rgba.png", "cmyk.jpg", "palette.png", "thumb.jpg"}
+    assert xc.shape == (64, 3, 224, 224) and xe.shape == (16, 3, 224, 224)
+    said = " | ".join(notices)
+    assert "broken.jpg" in said and "made again from the 5 usable images" in said
+
+
+def test_a_folder_with_one_usable_photo_reuses_it_and_says_so(tmp_path):
+    d = tmp_path / "two"
+    d.mkdir()
+    _photo().save(d / "good.png")
+    (d / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    listing = calibration.list_images(d)
+    for seed in range(2):  # each file on each side once
+        calib, held = calibration.draw(listing, 8, seed, held_out=4)
+        got_c, _, got_e, xe, notices = calibration.load_split(calib, held, 64, Preprocess(), 8, 4, seed)
+        assert [p.name for p in got_c.paths] == [p.name for p in got_e.paths] == ["good.png"]
+        assert xe.shape == (4, 3, 64, 64)
+        assert any("not held out" in n for n in notices) and any("bad.png" in n for n in notices)
+    (d / "good.png").unlink()
+    (d / "bad2.jpg").write_bytes(b"\xff\xd8 nope")
+    calib, held = calibration.draw(calibration.list_images(d), 8, 0, held_out=4)
+    with pytest.raises(UserError, match="holds no usable image"):
+        calibration.load_split(calib, held, 64, Preprocess(), 8, 4, 0)

@@ -233,10 +233,15 @@ def float_reference(ckpt: LoadedCheckpoint, cfg, notices: list[str], step: Calla
     calib_set, eval_set = calibration_images(cfg, notices)
     pp, res = ckpt.spec.preprocess, cfg.resolution
     step(f"pre-processing {cfg.num_calib} calibration + {cfg.num_eval} evaluation samples at {res}px")
-    calib_set, xc = calibration.load_samples(calib_set, res, pp, cfg.num_calib, seed=cfg.seed)
-    notices.extend(calib_set.unusable_notice("--calib"))
-    eval_set, xe = calibration.load_samples(eval_set, res, pp, cfg.num_eval, seed=cfg.seed + 1)
-    notices.extend(eval_set.unusable_notice("--eval" if cfg.eval_dir is not None else "--calib (held out)"))
+    if cfg.calib_dir is not None and cfg.eval_dir is None:  # a split of one folder
+        calib_set, xc, eval_set, xe, said = calibration.load_split(
+            calib_set, eval_set, res, pp, cfg.num_calib, cfg.num_eval, cfg.seed)
+        notices.extend(said)
+    else:
+        calib_set, xc = calibration.load_samples(calib_set, res, pp, cfg.num_calib, seed=cfg.seed)
+        notices.extend(calib_set.unusable_notice("--calib"))
+        eval_set, xe = calibration.load_samples(eval_set, res, pp, cfg.num_eval, seed=cfg.seed + 1)
+        notices.extend(eval_set.unusable_notice("--eval"))
     model = load_weights(build_model(ckpt.arch, grid), ckpt.state_dict, ckpt.spec.name).eval()
     with torch.no_grad():
         ref = model(torch.from_numpy(xe)).numpy()
