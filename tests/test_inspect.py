@@ -281,3 +281,102 @@ def test_a_requantized_tensor_takes_the_float_value_of_the_one_it_requantizes():
             q(2, "a_qdq", "a_qdq2", "Requantize", (1,)), q(3, "y_pre", "y", "Add", (2,))]
     assert insp._float_names(rows, {"x", "a", "y"}) == ["x", "a", "a", "y"]
     assert insp._float_names(rows, {"x", "a"})[3] is None  # not this float graph's tensors
+
+
+# --------------------------------------------------------------------------------------------
+# A quantizer 20x too small, wherever it is: named, or the op right after it
+
+FAULT_SAMPLE = 30  # injections per model and backend: one of every op type, the rest seeded
+FAULT_SEED = 2026
+
+
+@pytest.fixture(scope="module")
+def fault_models(tmp_path_factory):
+    """Nano ViT and SkipAt QDQ models at 112 px, made on first use, with attention sharp enough
+    that a Softmax range matters (q and k weights scaled up: random weights attend uniformly,
+    and a uniform Softmax is not clipped by a range 20x too small): ORT w8a16 (the float graph
+    with Q/DQ: the float model is the per-tensor reference), ORT w8a8 rotated (the QDQ graph's
+    float twin) and AIMET w8a16 (the .aimet float graph)."""
+    import torch
+
+    from .conftest import random_state_dict
+
+    d = tmp_path_factory.mktemp("faults")
+    made: dict = {}
+
+    def get(fam: str, backend: str, precision: str):
+        ckpt = d / f"{fam}.pth"
+        if not ckpt.exists():
+            sd = random_state_dict(f"{fam}_nano_patch16", seed=4)
+            for k, w in sd.items():
+                if k.endswith("attn.qkv.weight"):
+                    w[: 2 * w.shape[1]] *= 6.0
+            torch.save(sd, ckpt)
+        key = (fam, backend, precision)
+        if key not in made:
+            made[key] = api.quantize(ckpt, d / "_".join(key), precision=precision, backend=backend,
+                                     resolution=112, num_calib=8, num_eval=4, npu_samples=0)
+        return made[key]
+
+    return get
+
+
+def _with_fault(q, folder: Path, target) -> Path:
+    """A copy of ``q``'s QDQ model (its float model and .aimet folder beside it) whose
+    quantizer of ``target`` alone (its scale unshared) has a scale 20x too small."""
+    folder.mkdir()
+    shutil.copy(q.float_onnx, folder / q.float_onnx.name)
+    if q.aimet_dir is not None:
+        shutil.copytree(q.aimet_dir, folder / q.aimet_dir.name)
+    model = onnx.load(str(q.qdq_onnx))
+    qnode = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == target.tensor)
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == qnode.output[0]]
+    scale = next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == qnode.input[1])
+    model.graph.initializer.append(numpy_helper.from_array(scale / np.float32(20), "injected_scale"))
+    for n in [qnode, *dqs]:
+        n.input[1] = "injected_scale"
+    path = folder / q.qdq_onnx.name
+    onnx.save(model, str(path))
+    return path
+
+
+def _fault_sample(rows, rng) -> list:
+    """One quantizer of every op type, then seeded draws up to FAULT_SAMPLE."""
+    by_op: dict[str, list] = {}
+    for r in rows:
+        by_op.setdefault(r.op, []).append(r)
+    chosen = {int(rng.choice([r.index for r in group])) for group in by_op.values()}
+    rest = [r.index for r in rows if r.index not in chosen]
+    chosen |= {int(i) for i in rng.choice(rest, max(0, FAULT_SAMPLE - len(chosen)), replace=False)}
+    return [rows[i] for i in sorted(chosen)]
+
+
+@pytest.mark.parametrize("key", [
+    ("vit", "ort", "w8a16"), ("skipat", "aimet", "w8a16"),  # both models, both backends
+    pytest.param(("skipat", "ort", "w8a16"), marks=pytest.mark.slow),
+    pytest.param(("vit", "ort", "w8a8"), marks=pytest.mark.slow),  # rotated: the QDQ twin
+], ids=lambda k: "-".join(k))
+def test_a_quantizer_20x_too_small_is_named_wherever_it_is(tmp_path, fault_models, key):
+    """Faults that hurt (the tensor's SQNR against float falls by more than 3 dB; a range 20x
+    too small that clips nothing only rounds finer) are named: the tensor itself or an op that
+    reads it, for at least 95 % of them."""
+    q = fault_models(*key)
+    cfg = InspectConfig(num_samples=2, npu=False)
+    clean = {r.tensor: r for r in insp.measure(q.qdq_onnx, cfg).layers}
+    rows = insp.activation_quantizers(onnx.load(str(q.qdq_onnx)))
+    rng = np.random.default_rng(FAULT_SEED)
+    named, missed, harmless = [], [], []
+    for k, target in enumerate(_fault_sample(rows, rng)):
+        r = insp.measure(_with_fault(q, tmp_path / str(k), target), cfg)
+        own = next(x for x in r.layers if x.tensor == target.tensor)
+        if own.qdq_vs_float_db > clean[target.tensor].qdq_vs_float_db - 3:
+            harmless.append(target.op)
+            continue
+        readers = {rows[j].tensor for j in range(len(rows)) if target.index in rows[j].inputs}
+        hit = r.largest_qdq_drop["tensor"] in {target.tensor, *readers}
+        (named if hit else missed).append((target.op, target.tensor, r.largest_qdq_drop["tensor"]))
+    ops = {op for op, _, _ in named + missed}
+    print(f"{'-'.join(key)}: named {len(named)} of {len(named) + len(missed)} faults "
+          f"(seed {FAULT_SEED}; {len(harmless)} harmless: {harmless}); op types {sorted(ops)}; missed {missed}")
+    assert len(named) >= 0.95 * (len(named) + len(missed)), missed
+    assert len(named) + len(missed) >= 0.8 * FAULT_SAMPLE  # most injections are real faults

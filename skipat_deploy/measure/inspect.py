@@ -19,7 +19,16 @@ and the tensor the quantizer reads is taken from the float reference. Pooled ove
   NPU's arithmetic costs accuracy. (``npu_vs_qdq_db`` itself drifts down along the graph as
   two roundings of every tensor compound, so its own drops say little.)
 
-Named: ``largest_qdq_drop`` (the largest ``qdq_drop_db``: where quantization hurts),
+* ``qdq_added_noise``: the noise the activation quantizer itself adds, its output against
+  the op's output before it in the QDQ model, as a fraction of that tensor's power: rounding
+  alone gives about ``scale² / 12`` of it, a range that clips gives far more. Unlike a fall in
+  dB it does not grow where an op amplifies the noise it reads (``q kᵀ`` of two noisy
+  operands, a LayerNorm removing the mean that hid it): a quantizer clipping the residual
+  stream is named itself, not the attention product three ops later, and an 8-bit weight on
+  the 16-bit image (a 45 dB fall that adds little) does not outrank it.
+
+Named: ``largest_qdq_drop`` (the largest ``qdq_added_noise``: the activation quantizer that
+hurts most),
 ``first_npu_divergence`` (the first row where the NPU differs from the CPU QDQ model by more
 than that tensor's own quantization noise: ``npu_vs_qdq_db < rounding_sqnr_db``) and
 ``largest_npu_drop`` (the op where the NPU loses most: the one whose NPU noise against float
@@ -152,6 +161,9 @@ class TensorRow:
     npu_vs_qdq_db: float | None
     qdq_drop_db: float | None
     npu_drop_db: float | None  # how much further the NPU falls behind the CPU QDQ model vs float here
+    # the noise this activation quantizer adds (its output against its input, in the QDQ
+    # model), as a fraction of its input's power: what largest_qdq_drop ranks by
+    qdq_added_noise: float | None = None
 
 
 @dataclass
@@ -487,7 +499,7 @@ def _exposure_check(model: Path, device: DeviceProfile, feed: dict, got: list[np
 class _Sums:
     """Per row, pooled over samples: signal powers and squared differences."""
 
-    KEYS = ("ff", "qq", "nn", "fq", "fn", "qn", "fp", "size")
+    KEYS = ("ff", "qq", "nn", "fq", "fn", "qn", "fp", "pp", "pq", "size")
 
     def __init__(self, n: int):
         self.s = {k: np.zeros(n) for k in self.KEYS}
@@ -509,13 +521,16 @@ class _Sums:
         q = q.astype(np.float64).ravel()
         self.s["qq"][i] += q @ q
         self.s["size"][i] += q.size
+        pre = pre.astype(np.float64).ravel()
+        self.s["pp"][i] += pre @ pre
+        self.s["pq"][i] += np.sum((q - pre) ** 2)
         if f is None or f.size != q.size:
             self.have_f[i] = False
         else:
             f = f.astype(np.float64).ravel()
             self.s["ff"][i] += f @ f
             self.s["fq"][i] += np.sum((f - q) ** 2)
-            self.s["fp"][i] += np.sum((f - pre.astype(np.float64).ravel()) ** 2)
+            self.s["fp"][i] += np.sum((f - pre) ** 2)
         if n is not None:
             n = n.astype(np.float64).ravel()
             self.have_n[i] = True
@@ -547,6 +562,8 @@ def _rows(quantizers: list[Quantizer], sums: _Sums) -> list[TensorRow]:
             qdq_drop_db=None, npu_drop_db=None))
     for q, r in zip(quantizers, rows):
         r.npu_drop_db = _npu_drop(q, r, rows)
+        if s["pp"][q.index] > 0:
+            r.qdq_added_noise = float(s["pq"][q.index] / s["pp"][q.index])
         if r.qdq_vs_float_db is None or math.isinf(r.qdq_vs_float_db):
             continue
         if q.op in DATA_MOVEMENT:
@@ -600,13 +617,14 @@ def _added_noise(q: Quantizer, r: TensorRow, rows: list[TensorRow]) -> float | N
 
 
 def _named(rows: list[TensorRow], quantizers: list[Quantizer]) -> tuple[dict | None, dict | None, dict | None]:
-    drops = [r for r in rows if r.qdq_drop_db is not None]
+    drops = [r for r in rows if r.qdq_added_noise is not None]
     largest = None
     if drops:
-        r = max(drops, key=lambda r: r.qdq_drop_db)
+        r = max(drops, key=lambda r: r.qdq_added_noise)
         inputs = [rows[j].tensor for j in quantizers[r.index].inputs]
         largest = dict(index=r.index, tensor=r.tensor, op=r.op, layer=r.layer, bits=r.bits,
-                       qdq_drop_db=r.qdq_drop_db, qdq_vs_float_db=r.qdq_vs_float_db,
+                       qdq_drop_db=r.qdq_drop_db, qdq_added_noise=r.qdq_added_noise,
+                       qdq_vs_float_db=r.qdq_vs_float_db,
                        inputs=inputs,
                        inputs_qdq_vs_float_db=[rows[j].qdq_vs_float_db for j in quantizers[r.index].inputs])
     first = None
@@ -651,6 +669,16 @@ def inspect(model: str | Path, out_dir: str | Path = "inspect", cfg: InspectConf
             step: Step = lambda msg: None) -> InspectResult:
     """Inspect the QDQ ``model`` (see the module docstring); writes ``<stem>.inspect.csv``,
     ``.json`` and ``.png`` into ``out_dir``, together."""
+    t0 = time.perf_counter()
+    result = measure(model, cfg, step)
+    _write(result, Path(out_dir), step)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def measure(model: str | Path, cfg: InspectConfig = InspectConfig(),
+            step: Step = lambda msg: None) -> InspectResult:
+    """What :func:`inspect` reports on the QDQ ``model``, without writing anything."""
     from ..metrics import sqnr_db
 
     t0 = time.perf_counter()
@@ -749,7 +777,6 @@ def inspect(model: str | Path, out_dir: str | Path = "inspect", cfg: InspectConf
         first_npu_divergence=first, largest_npu_drop=npu_drop, versions=versions, notices=notices)
     if float_path is not None:
         result.versions["float_model_sha256"] = sha256_file(float_path)
-    _write(result, Path(out_dir), step)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -758,7 +785,7 @@ def inspect(model: str | Path, out_dir: str | Path = "inspect", cfg: InspectConf
 # Files
 
 CSV_COLUMNS = ("index", "tensor", "op", "layer", "bits", "scale", "rounding_sqnr_db",
-               "op_vs_float_db", "qdq_vs_float_db", "npu_vs_float_db", "npu_vs_qdq_db", "qdq_drop_db",
+               "op_vs_float_db", "qdq_vs_float_db", "npu_vs_float_db", "npu_vs_qdq_db", "qdq_drop_db", "qdq_added_noise",
                "npu_drop_db")
 
 
