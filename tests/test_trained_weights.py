@@ -117,7 +117,10 @@ def test_a_broken_rewrite_stops_quantize_with_one_line_and_nothing_written(
 def test_a_head_with_zero_rows_quantizes(precision, backend, trained_like_ckpts, tmp_path):
     """Most head rows are zero with bias -10. Their int32 bias used to saturate (weight scale
     near 0 times input scale), so the QDQ model output ~0 there, and the check refused it."""
-    r = api.quantize(trained_like_ckpts["vit"], tmp_path, precision=precision, backend=backend, **FAST)
+    # 16 held-out samples: on 4, one-step rounding flips between the simulation and the QDQ
+    # model decide the pooled figure (mixed: 30.6 vs 32.1 dB on 4, 30.6 vs 30.8 on 16)
+    r = api.quantize(trained_like_ckpts["vit"], tmp_path, precision=precision, backend=backend,
+                     num_calib=8, num_eval=16)
     if r.sim_quality is not None:
         assert r.quality.sqnr_db >= r.sim_quality.sqnr_db - 1.0  # within 1 dB of the simulation
     sd = trained_like_state_dict(LAYOUTS["vit"], seed=2)
@@ -126,7 +129,7 @@ def test_a_head_with_zero_rows_quantizes(precision, backend, trained_like_ckpts,
     x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
     dead = run_qdq_cpu(r.qdq_onnx, x)[:, ~live.numpy()]
     assert np.abs(dead - -10.0).max() < 0.5, "the zero rows' bias did not survive quantization"
-    assert graph.node  # a real model was written
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10  # a quantized model
 
 
 @pytest.mark.parametrize("precision, backend", [("w8a8", "ort"), ("w8a8", "aimet")])

@@ -2,7 +2,7 @@
 
 :func:`prepare` returns a copy of the float model that computes the same function and is easier
 to quantize: LayerScale and LayerNorm affine folded (:mod:`.equalize`), with ``rotate`` the
-residual stream rotated (:mod:`.rotate`), q-k and v-proj equalized, qkv split so that q, k and v
+residual stream rotated (:mod:`.rotate`), the keys' bias dropped, q-k and v-proj equalized, qkv split so that q, k and v
 get encodings of their own, and with ``rotate`` each head's q, k and v rotated.
 
 Every run proves that on the user's own weights (:func:`check_float_equivalent`): a rewrite
@@ -64,8 +64,9 @@ def prepare(model: nn.Module, calib: torch.Tensor, rotates: bool, seed: int = 0,
         step("folding LayerScale / LayerNorm bias")
         equalize.fold_layer_scale(out)
         equalize.fold_norm_affine(out, alpha=0.5)
-    step("equalizing q-k and v-proj, splitting qkv")
+    step("dropping the keys' bias, equalizing q-k and v-proj, splitting qkv")
     with torch.no_grad():
+        equalize.drop_key_bias(out)
         equalize.equalize_attention(out, calib)
     equalize.split_qkv(out)
     if rotates:

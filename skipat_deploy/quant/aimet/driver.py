@@ -103,6 +103,9 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
     act_bw = 16 if cfg.precision == "w8a16" else 8
     frozen = None
     base_model = rewrite.prepare(model, xc, cfg.rotates, cfg.seed, step)
+    # The rewritten float model, before GPTQ / AdaRound round its weights: what bias
+    # correction corrects toward (the rounded weights are part of the error it corrects).
+    float_model = base_model
     scales: dict = {}
     with tempfile.TemporaryDirectory() as work:
         if cfg.adaround:
@@ -110,6 +113,7 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
             base_model, frozen = _adaround(base_model, dummy, batches, device.aimet_config, work)
         else:
             step("GPTQ rounding of Linear weights")
+            base_model = copy.deepcopy(base_model)
             with torch.no_grad():
                 scales = gptq.gptq_linears(base_model, xc)
 
@@ -132,15 +136,20 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
         step(f"building the simulation ({device.aimet_config})")
         sim = make(SimPlan(act_bw, htp_arch=device.htp_arch))
         n_act = len(activation_modules(sim))
-        xs, rs = xe[:SENSITIVITY_SAMPLES], ref[:SENSITIVITY_SAMPLES]
-        # The per-layer pass (one forward per quantizer, a third of a w8a8 run) is what mixed
-        # precision decides with; w8a8 and w8a16 report the weights' own noise only.
-        weights_only_db, rows = isolated_sensitivity(sim, xs, rs, step,
-                                                     per_layer=cfg.precision == "mixed")
-        share = noise_share(rows, weights_only_db)
-        rows.sort(key=lambda r: -share[r[0]])
+        # The report's weights-only figure is on held-out samples, like its other figures.
+        weights_only_db, _ = isolated_sensitivity(sim, xe, ref, per_layer=False)
+        rows: list = []
+        share: dict = {}
         promoted: list[str] = []
         if cfg.precision == "mixed":
+            # What mixed precision decides with (one forward per quantizer, a third of a w8a8
+            # run): calibration samples only, so the held-out figures judge the choice.
+            xs = xc[:SENSITIVITY_SAMPLES]
+            with torch.no_grad():
+                rs = model(xs).numpy()
+            calib_weights_only_db, rows = isolated_sensitivity(sim, xs, rs, step)
+            share = noise_share(rows, calib_weights_only_db)
+            rows.sort(key=lambda r: -share[r[0]])
             budget = int(n_act * MAX_PROMOTED_FRACTION)
             groups = promotion_groups(base_model, set(activation_modules(sim)))
             promoted = choose_promoted(rows, share, groups, budget)
@@ -150,7 +159,7 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
         if act_bw == 8:
             n = bias_correction_samples(base_model, len(xc))
             step(f"bias correction on {n} samples")
-            bias_gain = bias_correction(sim, base_model, xc[:n])
+            bias_gain = bias_correction(sim, float_model, xc[:n])
         if cfg.qat_steps:
             _qat(sim, model, xc, cfg.qat_steps, step)
             fit_softmax_ranges(sim, softmax_pairs, xc[:SOFTMAX_SEARCH_SAMPLES])  # QAT moved them

@@ -30,6 +30,9 @@ from torch import nn
 from ...models import layers as L
 
 _registered = False
+# From this HTP version on, a MatMul takes its second input at 16 bit; v66-v69 take it 8-bit
+# symmetric (AIMET's htp_v69 config; profiles/htp_capabilities.json).
+MATMUL_16BIT_RHS_FROM = 73
 
 
 def _aimet():
@@ -222,7 +225,7 @@ def build_sim(model: nn.Module, dummy: torch.Tensor, plan: SimPlan, config_file:
             if src is None:
                 continue
             is_matmul_rhs = isinstance(m, custom.MatMul) and i == 1
-            if is_matmul_rhs and plan.htp_arch < 73:
+            if is_matmul_rhs and plan.htp_arch < MATMUL_16BIT_RHS_FROM:
                 if own == 16 or (src.kind == "module" and bw.get(src.name) != 8):
                     m.input_quantizers[i] = _qdq(8, True)
                 continue
