@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import LoadConfig, LoadedCheckpoint, load_checkpoint
+from .checkpoint import DEFAULT_HEAD_DIM, LoadConfig, LoadedCheckpoint, load_checkpoint
 from .export import ExportConfig, ExportResult, export_onnx, fresh_checkpoint
 from .measure.predict import PredictConfig, Prediction
 from .options import fill, refuse_unknown
@@ -68,6 +68,13 @@ def _load(cfg: LoadConfig) -> LoadedCheckpoint:
     if cfg.ckpt is None:
         loaded = fresh_checkpoint(cfg.arch or DEFAULT_ARCH)
         spec = loaded.spec
+        if cfg.head_dim not in (spec.arch.head_dim, DEFAULT_HEAD_DIM):  # the default: the arch's own
+            from .errors import ArchitectureError
+
+            if spec.arch.embed_dim % cfg.head_dim:
+                raise ArchitectureError(f"{spec.name}'s embed dim {spec.arch.embed_dim} is not a "
+                                        f"multiple of --head-dim {cfg.head_dim}")
+            spec = replace(spec, arch=replace(spec.arch, num_heads=spec.arch.embed_dim // cfg.head_dim))
         if cfg.skip_indices is not None:
             spec = replace(spec, arch=spec.arch.with_skip_indices(cfg.skip_indices))
         if given:
@@ -105,19 +112,24 @@ def export(ckpt: str | Path | None = None, out_dir: str | Path = "export",
 
 
 def quantize(ckpt: str | Path | None = None, out_dir: str | Path = "export",
-             config=None, load: LoadConfig | None = None, step: Step = _quiet, **options):
+             config=None, load: LoadConfig | None = None, step: Step = _quiet, cpu=None,
+             **options):
     """Quantize for the NPU (:class:`skipat_deploy.quant.QuantizeConfig`); returns a
     QuantizeResult. Where onnxruntime-qnn is installed, the first ``npu_samples`` held-out
     samples also run on the HTP simulator: the result's ``npu`` (0: off). ``target="cpu"``:
-    the CPU INT8 model instead, from the same options (:func:`cpu_int8`)."""
+    the CPU INT8 model instead, from the same options and ``cpu``'s ``isa``
+    (:class:`skipat_deploy.quant.cpu.CpuInt8Config`, :func:`cpu_int8`)."""
     from .quant import QuantizeConfig, quantize as run_quantize
+    from .quant.cpu import CpuInt8Config
 
     lcfg = _load_config(ckpt, load, options)
-    cfg = _configs("quantize", options, config or QuantizeConfig())
+    cfg, cpu = _configs("quantize", options, config or QuantizeConfig(), cpu or CpuInt8Config())
     if cfg.target == "cpu":
-        from .quant.cpu import CpuInt8Config
+        return cpu_int8(None, out_dir, CpuInt8Config.like(cfg, cpu.isa), lcfg, step)
+    if cpu.isa is not None:
+        from .errors import UserError
 
-        return cpu_int8(None, out_dir, CpuInt8Config.like(cfg), lcfg, step)
+        raise UserError("--cpu-isa chooses the CPU INT8 model: give it with --target cpu")
     device_profile = cfg.check()
     loaded = _load(lcfg)
     runner = None
@@ -265,7 +277,7 @@ def profile(model: str | Path | None = None, out_dir: str | Path = "profiles/res
     out = ProfileOutcome(backend, dev.name, notices=notices)
     if backend == "cpu":
         step(f"timing on the CPU ({cfg.runs} runs)")
-        out.cpu, out.cpu_ratio = profile_cpu_models([Path(model)], cfg.runs, cfg.warmup, cfg.threads)
+        out.cpu, out.cpu_ratio = profile_cpu_models([Path(model)], cfg.runs, cfg.warmup, cfg.threads, cfg.budget_s)
         return out
     check_model(model, "hub")
     out.compiled, out.hub = profile_hub(model, out_dir, ccfg, step)
@@ -293,7 +305,9 @@ def compare(vit: str | Path | None = None, skipat: str | Path | None = None,
         preflight(resolve_device(cfg.device))  # say what is wrong with AI Hub before any work
     ckpts = {}
     for fam, path in (("vit", vit), ("skipat", skipat)):
-        ckpts[fam] = _load(replace(lcfg, ckpt=path, arch=None if path else DEFAULT_ARCHS[fam]))
+        # --skip-indices describe the SkipAt model; a ViT has no skipped blocks
+        ckpts[fam] = _load(replace(lcfg, ckpt=path, arch=None if path else DEFAULT_ARCHS[fam],
+                                   skip_indices=lcfg.skip_indices if fam == "skipat" else None))
         if ckpts[fam].arch.family != fam:
             from .errors import ArchitectureError
 

@@ -24,6 +24,7 @@ from .npu.compile import CompileConfig
 from .params import F, Input, command, out
 from .pipeline import BundleConfig
 from .quant import QuantizeConfig
+from .quant.cpu import CpuInt8Config
 
 app = typer.Typer(
     add_completion=False,
@@ -51,14 +52,14 @@ def export(run, a):
     render.show_export(run, results)
 
 
-@command(app, "quantize", [CKPT, QuantizeConfig, out(api.quantize, "Artifact folder."), *LOAD_REST],
-         run_command)
+@command(app, "quantize", [CKPT, QuantizeConfig, F(CpuInt8Config, "isa"),
+                           out(api.quantize, "Artifact folder."), *LOAD_REST], run_command)
 def quantize(run, a):
     """Quantize for the Hexagon NPU (QDQ ONNX + .aimet folder) and report the quality."""
     cfg, load = a[QuantizeConfig], a[LoadConfig].check()
     render.notice_fresh(run, load, "quantizing")
     with run.progress(total=12 if cfg.target == "cpu" else 40) as step:
-        r = api.quantize(None, a.out, cfg, load, step)
+        r = api.quantize(None, a.out, cfg, load, step, cpu=a[CpuInt8Config])
     (render.show_cpu_int8 if cfg.target == "cpu" else render.show_quantized)(run, r)
 
 
@@ -87,7 +88,7 @@ def compile_(run, a):
 @command(app, "profile", [
     Input("model", Optional[Path], "ONNX to profile (hub: a QDQ ONNX).", "--model", None), CKPT,
     ProfileConfig, out(api.profile, "Results folder (run records, raw profiles)."),
-    F(LoadConfig, "arch"), SAFETY, PREPROCESS], run_command)
+    *LOAD_REST], run_command)
 def profile(run, a):
     """Latency of one model on the phone's NPU (AI Hub) or on this machine's CPU."""
     load = a[LoadConfig].check()
@@ -101,8 +102,11 @@ def profile(run, a):
 @command(app, "compare", [
     Input("vit", Optional[Path], "ViT checkpoint (default: freshly initialised ViT-T/16).", "--vit", None),
     Input("skipat", Optional[Path], "SkipAt checkpoint (default: freshly initialised SkipAt-T/16).", "--skipat", None),
-    CompareConfig, out(api.compare, "Where compare.md / .json / .csv / .png go."), SAFETY, PREPROCESS],
-    run_command)
+    CompareConfig, out(api.compare, "Where compare.md / .json / .csv / .png go."),
+    F(LoadConfig, "skip_indices head_dim", help={
+        "skip_indices": "The SkipAt model's blocks replaced by Φ, 0-based (checkpoints do not store them; default 3,4,5,6,7,8).",
+        "head_dim": "Attention head dim of both models (heads are not stored in weights)."}),
+    SAFETY, PREPROCESS], run_command)
 def compare(run, a):
     """ViT-T against SkipAt at 224 and 384: latency, ratio, speed-up (and the paper's S22 figures)."""
     cfg, load = a[CompareConfig], a[LoadConfig].check()

@@ -138,3 +138,128 @@ def check_precision(device: DeviceProfile, precision: str) -> None:
         f"{device.name} ({device.soc}, Hexagon {device.hexagon}) cannot run --precision {precision}: "
         f"its HTP refuses {', '.join(missing)} (QNN validation on the HTP simulator, "
         f"profiles/htp_capabilities.json); use --precision {' or '.join(can)}")
+
+
+# --------------------------------------------------------------------------------------------
+# The CPU a figure was measured on (the CPU fallback's accuracy and speed depend on it)
+
+@dataclass(frozen=True)
+class CpuHost:
+    """This machine's CPU as ONNX Runtime's integer kernels see it. ``dot8``: the 8-bit dot
+    product instructions that sum u8 x s8 products in 32 bit (x86: AVX512-VNNI or AVX-VNNI;
+    ARM: the dot-product extension, ``asimddp``); None when it could not be read. Without them
+    x86's AVX2 kernels add pairs of u8 x s8 products in 16 bit, with saturation."""
+
+    model: str
+    arch: str  # platform.machine(): x86_64, aarch64, ...
+    dot8: bool | None
+    threads: int
+    onnxruntime: str
+
+    @property
+    def host_class(self) -> str:
+        """What the CPU INT8 encodings are chosen by: ``x86-vnni``, ``x86`` (no VNNI), ``arm-dot``,
+        ``arm``, or the bare architecture when its flags are unknown."""
+        family = "x86" if self.arch.lower() in ("x86_64", "amd64", "i686", "x86") else (
+            "arm" if self.arch.lower() in ("aarch64", "arm64") else self.arch)
+        if self.dot8 is None or family not in ("x86", "arm"):
+            return family
+        return family + ({"x86": "-vnni", "arm": "-dot"}[family] if self.dot8 else "")
+
+    def describe(self) -> str:
+        dot = {"x86": "VNNI", "arm": "dot product"}.get(self.host_class.split("-")[0], "8-bit dot product")
+        has = "unknown" if self.dot8 is None else ("yes" if self.dot8 else "no")
+        return (f"{self.model} ({self.arch}, {dot}: {has}), {self.threads} thread(s), "
+                f"ONNX Runtime {self.onnxruntime}")
+
+    def to_json(self) -> dict:
+        return dict(cpu=self.model, arch=self.arch, dot8=self.dot8, host_class=self.host_class,
+                    threads=self.threads, onnxruntime=self.onnxruntime)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CpuHost":
+        return cls(d["cpu"], d["arch"], d["dot8"], d["threads"], d["onnxruntime"])
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (Linux); empty elsewhere."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if out:
+                break
+            continue
+        key, _, value = line.partition(":")
+        out.setdefault(key.strip().lower(), value.strip())
+    return out
+
+
+def cpu_host(threads: int | None = None) -> CpuHost:
+    """This machine's :class:`CpuHost`; ``threads``: what ONNX Runtime is given (None: all cores)."""
+    import os
+    import platform
+
+    import onnxruntime
+
+    info = _cpuinfo()
+    arch = platform.machine() or "unknown"
+    flags = info.get("flags") or info.get("features")
+    dot8 = None
+    if flags is not None:
+        names = set(flags.split())
+        dot8 = bool(names & {"avx512_vnni", "avx_vnni", "avx512vnni", "asimddp"})
+    model = info.get("model name") or info.get("hardware") or platform.processor() or arch
+    return CpuHost(model, arch, dot8, threads or os.cpu_count() or 1, onnxruntime.__version__)
+
+
+# What the CPU INT8 model's integer ops hold, and on which host classes ONNX Runtime's kernels
+# compute that exactly (MLAS: x86 AVX2 / AVX512 without VNNI sums pairs of u8 x s8 products in
+# 16 bit with saturation, 255 x 127 x 2 > 32767; VNNI and ARM's kernels sum in 32 bit; u8 x u8
+# is widened to 16 bit first on every x86). Measured: benchmarks/cpu_int8_encodings.py.
+ALL_HOSTS = ("x86", "x86-vnni", "arm", "arm-dot")
+
+
+@dataclass(frozen=True)
+class CpuEncoding:
+    name: str
+    activation: str  # u8 / s8
+    weight: str  # u8 / s8
+    weight_bits: int  # 7: ONNX Runtime's reduce_range
+    holds_on: tuple[str, ...]  # host classes (CpuHost.host_class) whose kernels do not saturate
+    # 8-bit weights whose scale per output channel is set so that any two weights the kernel
+    # pairs (neighbours along the reduction) add up to at most this many steps: 255 x 128 fits
+    # in int16 (None: no such limit)
+    pair_limit: int | None = None
+
+    def to_json(self) -> dict:
+        return dict(name=self.name, activation=self.activation, weight=self.weight,
+                    weight_bits=self.weight_bits, holds_on=list(self.holds_on),
+                    **({"pair_limit": self.pair_limit} if self.pair_limit else {}))
+
+
+CPU_ENCODINGS = {e.name: e for e in (
+    CpuEncoding("u8s8", "u8", "s8", 8, ("x86-vnni", "arm", "arm-dot")),
+    CpuEncoding("u8s8_rr", "u8", "s8", 7, ALL_HOSTS),
+    CpuEncoding("u8s8_pairs", "u8", "s8", 8, ALL_HOSTS, pair_limit=128),
+    CpuEncoding("u8u8", "u8", "u8", 8, ALL_HOSTS),
+    CpuEncoding("s8s8", "s8", "s8", 8, ("x86-vnni", "arm", "arm-dot")),
+)}
+
+
+def cpu_int8_warning(quantization: dict, model: str, host: CpuHost) -> str | None:
+    """One line when a CPU INT8 model (its metadata's ``quantization``) runs on a host class its
+    encoding does not hold on; None when it holds or the host's flags are unknown. Models made
+    before the encoding was recorded are u8 x s8 with 8-bit weights."""
+    if quantization.get("target") != "cpu" or host.dot8 is None:
+        return None
+    enc = quantization.get("encoding") or CPU_ENCODINGS["u8s8"].to_json()
+    if host.host_class in enc["holds_on"]:
+        return None
+    return (f"{model} holds {enc['activation']} x {enc['weight']} ({enc['weight_bits']}-bit weights), "
+            f"made for {', '.join(enc['holds_on'])}; this CPU ({host.describe()}) sums pairs of "
+            "such products in 16 bit with saturation, so what it computes here is not the model: "
+            "re-make it with `skipat-deploy quantize --target cpu` (--cpu-isa any)")

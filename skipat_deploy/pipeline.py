@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .bundle import write_manifest
 from .checkpoint import LoadedCheckpoint
-from .devices import DEFAULT_DEVICE, resolve_device
+from .devices import DEFAULT_DEVICE, cpu_host, resolve_device
 from .errors import UserError
 from .export import DEFAULT_RESOLUTION, ExportConfig, artifact_name, check_resolution, export_onnx
 from .measure import compare as cmp
@@ -99,7 +99,7 @@ def profile_checkpoint(ckpt: LoadedCheckpoint, out_dir: Path, backend: str, cfg:
         if backend == "cpu":
             models = fp32_and_int8(ckpt, cfg.resolution, Path(out_dir), step, out.made)
             step(f"timing on the CPU ({cfg.runs} runs)")
-            out.cpu, out.cpu_ratio = profile_cpu_models(models, cfg.runs, cfg.warmup, cfg.threads)
+            out.cpu, out.cpu_ratio = profile_cpu_models(models, cfg.runs, cfg.warmup, cfg.threads, cfg.budget_s)
             return out
         q = quantize(ckpt, out_dir, QuantizeConfig(resolution=cfg.resolution, precision=cfg.precision,
                                                    device=cfg.device), step)
@@ -163,6 +163,8 @@ def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path,
             notices.append("top-1: the float model and " + cmp.INT8_MODEL[backend]
                            + f", on {eval_data.root} ({eval_data.layout})")
         result = cmp.CompareResult(backend, device.name, rows, {}, notices, made=made)
+        if backend == "cpu":
+            result.host = cpu_host(cfg.threads or 1).to_json()
         result.seconds = time.perf_counter() - t0
         result.files = cmp.write_reports(result, stage.dir, out_dir)
     return result

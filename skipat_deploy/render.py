@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from .errors import UserError
+from .devices import CpuHost
 
 err = Console(stderr=True)
 
@@ -225,7 +226,8 @@ def show_cpu_int8(run: Run, c) -> None:
     for n in c.notices:
         run.notice(n)
     run.artifacts += [artifact(kind, path) for kind, path in c.files().items()]
-    where = "cpu (onnxruntime integer kernels)"
+    host = CpuHost.from_json(c.host) if c.host else None
+    where = "cpu (onnxruntime integer kernels" + (f", {host.describe()})" if host else ")")
     run.measure("sqnr_vs_float", c.quality.sqnr_db, "dB", where, str(c.path))
     if c.quality.top1_agreement is not None:
         run.measure("top1_agreement", c.quality.top1_agreement, "", where, str(c.path))
@@ -237,7 +239,13 @@ def show_cpu_int8(run: Run, c) -> None:
             t.add_row("top-1 agreement", f"{c.quality.top1_agreement:.1%}")
         t.add_row("8-bit ops", ", ".join(f"{k} {v}" for k, v in c.quantized_ops.items()))
         t.add_row("float on purpose", ", ".join(f"{k} {v}" for k, v in c.float_ops.items()) or "-")
+        if c.encoding:
+            e = c.encoding
+            t.add_row("made for", f"--cpu-isa {c.cpu_isa}: {e['activation']} x {e['weight']}, "
+                      f"{e['weight_bits']}-bit weights; holds on {', '.join(e['holds_on'])}")
         t.add_row("evaluated on", f"{c.quality.num_images} samples from {c.eval_source}")
+        if host:
+            t.add_row("measured on", host.describe())
         t.add_row("time", f"{c.seconds:.0f} s")
         Console().print(t)
 

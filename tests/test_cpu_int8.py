@@ -84,3 +84,68 @@ def test_paired_ratio_interval_covers_the_true_ratio():
     assert 0.93 <= hits / 1000 <= 0.995
     quiet = np.stack([np.full(30, 0.04), np.full(30, 0.036)], 1)
     assert ratio_interval(quiet, 1, 0).relative_half_width < 1e-9
+
+
+def _worst_pair_sums(path) -> dict[str, int]:
+    """Per u8 x s8 integer op of the model file: the largest sum of two u8 x s8 products that
+    ONNX Runtime's kernels add in one 16-bit step on x86 without VNNI (255 x (|w_a| + |w_b|) for
+    the weight integers stored in the file; which weights are paired:
+    :func:`skipat_deploy.quant.cpu.weight_pairs`). u8 x u8 is widened first: left out."""
+    from onnx import numpy_helper
+
+    from skipat_deploy.quant.cpu import weight_pairs
+
+    m = onnx.load(str(path))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    dq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    out = {}
+    for n in m.graph.node:
+        if n.op_type not in ("MatMul", "Gemm", "Conv") or n.input[0] not in dq or n.input[1] not in dq:
+            continue
+        act, w = init[dq[n.input[0]].input[2]], init[dq[n.input[1]].input[0]]
+        if act.dtype == np.uint8 and w.dtype == np.int8:
+            out[n.name] = int(255 * weight_pairs(n, w)[1].max())
+    return out
+
+
+def test_the_default_cpu_int8_model_cannot_saturate_on_any_cpu(tmp_path, nano_ckpts):
+    """The file itself says it: no u8 x s8 pair of products can leave int16, so the result holds
+    on x86 without VNNI as on every other CPU. The vnni flavour keeps 8-bit weights (pairs reach
+    255 x 254), which is what makes this test able to fail."""
+    from skipat_deploy.devices import CPU_ENCODINGS
+    from skipat_deploy.export import run_qdq_cpu
+    from skipat_deploy.quant.cpu import run_cpu
+
+    r = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path / "any", target="cpu", num_calib=8, num_eval=4)
+    sums = _worst_pair_sums(r.path)
+    meta = read_metadata(r.path)["quantization"]
+    assert meta["cpu_isa"] == "any" and set(meta["encoding"]["holds_on"]) == {"x86", "x86-vnni", "arm", "arm-dot"}
+    assert sums and all(v <= 32767 for v in sums.values()), sums
+    # On this host's integer kernels the model computes what its QDQ semantics say, up to
+    # float rounding (a code flipped here and there): far below the model's own quantization
+    # noise. Saturation costs more than that noise (DINOv2 on x86 without VNNI: 12.5 dB
+    # against 26.4 exact).
+    from skipat_deploy.metrics import sqnr_db
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    exact, kernels = run_qdq_cpu(r.path, x), run_cpu(r.path, x)
+    assert sqnr_db(exact, kernels) > r.quality.sqnr_db + 6
+    v = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path / "vnni", target="cpu", num_calib=8,
+                     num_eval=4, cpu_isa="vnni")
+    assert read_metadata(v.path)["quantization"]["encoding"] == CPU_ENCODINGS["u8s8"].to_json()
+    assert max(_worst_pair_sums(v.path).values()) > 32767
+
+
+def test_a_cpu_int8_model_on_a_host_it_was_not_made_for_is_said(monkeypatch):
+    from skipat_deploy.devices import CPU_ENCODINGS, CpuHost, cpu_int8_warning
+
+    vnni = dict(target="cpu", encoding=CPU_ENCODINGS["u8s8"].to_json())
+    avx2 = CpuHost("AMD EPYC", "x86_64", False, 2, "1.32.0")
+    said = cpu_int8_warning(vnni, "m.cpu_int8.onnx", avx2)
+    assert said and "saturation" in said and "AMD EPYC" in said and "--cpu-isa any" in said
+    assert cpu_int8_warning(dict(target="cpu"), "old.cpu_int8.onnx", avx2)  # made before: u8 x s8
+    assert cpu_int8_warning(vnni, "m", CpuHost("Xeon", "x86_64", True, 2, "1.32.0")) is None
+    assert cpu_int8_warning(vnni, "m", CpuHost("Cortex-A78", "aarch64", False, 2, "1.32.0")) is None
+    anyc = dict(target="cpu", encoding=CPU_ENCODINGS["u8s8_rr"].to_json())
+    assert cpu_int8_warning(anyc, "m", avx2) is None
+    assert cpu_int8_warning(dict(target="npu"), "m.qdq.onnx", avx2) is None

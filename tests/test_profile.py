@@ -157,3 +157,42 @@ def test_compare_on_hub_has_the_same_table_shape(tmp_path, nano_ckpts, hub):
     assert rows[("vit", 224)].device_vs_cpu_sqnr_db is not None
     assert "phone vs local QDQ SQNR" in (tmp_path / "compare.md").read_text()
     assert (tmp_path / "compare.png").is_file() and (tmp_path / "compare.csv").is_file()
+
+
+def test_profile_and_compare_take_a_skipats_own_skip_indices(tmp_path, no_hub, monkeypatch):
+    """Skip indices are not stored in checkpoints: a SkipAt trained with 2..7 must be timed and
+    compared as that function, not the default 3..8 one."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from skipat_deploy import pipeline
+    from skipat_deploy.models.registry import build_model, get_spec
+
+    from .conftest import random_state_dict
+
+    skips = (2, 3, 4, 5, 6, 7)
+    arch = get_spec("skipat_nano_patch16").arch.with_skip_indices(skips)
+    sd = random_state_dict(arch, seed=3)
+    ckpt = tmp_path / "skipat_2to7.pth"
+    torch.save(sd, ckpt)
+    r = api.profile(ckpt=ckpt, out_dir=tmp_path / "prof", backend="cpu", skip_indices=skips,
+                    runs=2, warmup=1, threads=1, budget_s=0.1)
+    exported = r.cpu[0].model
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    got = ort.InferenceSession(exported, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+
+    def torch_out(indices):
+        m = build_model(get_spec("skipat_nano_patch16").arch.with_skip_indices(indices))
+        m.load_state_dict(sd)
+        with torch.no_grad():
+            return m.eval()(torch.from_numpy(x)).numpy()
+
+    assert np.abs(got - torch_out(skips)).max() < 1e-4
+    assert np.abs(got - torch_out((3, 4, 5, 6, 7, 8))).max() > 1e-2  # the indices matter here
+    seen = {}
+    monkeypatch.setattr(pipeline, "compare", lambda ckpts, *a, **k: seen.update(ckpts) or 1 / 0)
+    res = CliRunner().invoke(app, ["compare", "--skipat", str(ckpt), "--skip-indices", "2,3,4,5,6,7",
+                                   "--head-dim", "64", "--backend", "cpu", "--out", str(tmp_path / "c")])
+    assert seen["skipat"].arch.skip_indices == skips and seen["vit"].arch.skip_indices == ()
+    assert res.exit_code != 0  # the stand-in stops the command once the models are loaded

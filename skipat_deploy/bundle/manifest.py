@@ -191,12 +191,14 @@ def write_manifest(folder: Path, quantized: list[QuantizeResult], compiled: list
                 measurements.append(_measure("cpu_qdq_vs_float_sqnr", check.qdq_vs_float_sqnr_db,
                                              "dB", CPU_QDQ_VS_FLOAT, c.model))
     if cpu is not None:  # the fallback where there is no NPU: ONNX Runtime's integer kernels
-        files.append(_file_entry(folder, cpu.path, "cpu_int8_onnx", precision="int8"))
+        files.append(_file_entry(folder, cpu.path, "cpu_int8_onnx", precision="int8",
+                                 cpu_isa=cpu.cpu_isa, encoding=cpu.encoding))
         cpu_source = "cpu (onnxruntime, CPU INT8 vs float PyTorch)"
-        measurements.append(_measure("sqnr_vs_float", cpu.quality.sqnr_db, "dB", cpu_source, cpu.path))
+        measurements.append(_measure("sqnr_vs_float", cpu.quality.sqnr_db, "dB", cpu_source, cpu.path,
+                                     host=cpu.host))
         if cpu.quality.top1_agreement is not None:
             measurements.append(_measure("top1_agreement_vs_float", cpu.quality.top1_agreement, "",
-                                         cpu_source, cpu.path))
+                                         cpu_source, cpu.path, host=cpu.host))
     meta = read_metadata(first.float_onnx)
     if meta["num_classes"] == 1000:
         labels = folder / "labels.txt"
@@ -235,8 +237,10 @@ def min_runtime(qnn_sdk: str | None) -> str | None:
     return f"QNN / QAIRT {qnn_sdk} or newer on the device"
 
 
-def _measure(name: str, value: float, unit: str, source: str, subject: Path) -> dict:
+def _measure(name: str, value: float, unit: str, source: str, subject: Path,
+             host: dict | None = None) -> dict:
     return {"name": name, "value": float(value), "unit": unit, "source": source,
+            **({"host": host} if host else {}),
             "subject": Path(subject).name}
 
 

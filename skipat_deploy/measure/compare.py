@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..devices import DeviceProfile, device_option
+from ..devices import DeviceProfile, cpu_host, device_option
 from ..errors import UserError
 from ..npu import hub as hub_mod
 from ..export import DEFAULT_RESOLUTIONS
@@ -97,6 +97,7 @@ class CompareResult:
     seconds: float = 0.0
     # models made into the output folder (hub: QDQ models, AI Hub artifacts): (kind, path)
     made: list[tuple[str, Path]] = field(default_factory=list)
+    host: dict | None = None  # cpu: the CPU that measured it (devices.CpuHost)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -141,9 +142,7 @@ def cpu_rows(models: dict[tuple[str, int], tuple[Path, Path]], archs: dict[str, 
                       target=cfg.ratio_target, budget_s=cfg.budget_s)
         stats, times = interleaved([fp32["vit"], fp32["skipat"]], **timing)
         int8_stats, int8_times = interleaved([int8["vit"], int8["skipat"]], **timing)
-        n = stats[0].threads
-        where = (f"this machine's CPU: ONNX Runtime {stats[0].onnxruntime}, {n} thread"
-                 + ("s" if n != 1 else ""))
+        where = f"this machine's CPU: {cpu_host(stats[0].threads).describe()}"
         ratio, int8_ratio = ratio_interval(times, 1, 0), ratio_interval(int8_times, 1, 0)
         for r, kind in ((ratio, "FP32"), (int8_ratio, "CPU INT8")):
             if r.relative_half_width > cfg.ratio_target:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import LoadedCheckpoint
-from ..devices import device_option, resolve_device
+from ..devices import CpuHost, cpu_host, cpu_int8_warning, device_option, resolve_device
 from ..errors import QualityGateError, UserError
 from ..export import DEFAULT_RESOLUTION, artifact_name, check_resolution, read_metadata
 from ..files import model_stem
@@ -184,6 +184,7 @@ class EvaluateResult:
     notices: list[str] = field(default_factory=list)
     seconds: float = 0.0
     scoring_seconds: float = 0.0  # the images streaming through every target (models made)
+    host: dict | None = None  # the CPU the CPU targets ran on (devices.CpuHost)
 
     @property
     def images_per_s(self) -> float | None:
@@ -223,6 +224,7 @@ def markdown(result: EvaluateResult) -> str:
         f"Dataset: {result.dataset} ({result.layout}), {result.num_images} images"
         + (f", {len(result.unreadable)} unreadable skipped" if result.unreadable else "") + ".",
         f"Reference for agreement and drop: {result.reference or 'none (no float target)'}.",
+        *([f"CPU targets ran on: {CpuHost.from_json(result.host).describe()}."] if result.host else []),
         f"Scored in {result.scoring_seconds:.1f} s"
         + (f" ({result.images_per_s:.1f} images/s through every target, decoding included)."
            if result.images_per_s else "."),
@@ -316,6 +318,11 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
 
     items = stratified_subset(data, cfg.num_samples, cfg.seed).items
     ordered = [t for t in TARGETS if t in cfg.targets]
+    host = cpu_host()
+    if quantized:  # a CPU INT8 model's figures hold only where its integer kernels do not saturate
+        warning = cpu_int8_warning(meta.get("quantization") or {}, Path(source).name, host)
+        if warning:
+            notices.append(warning)
     reference = next((t for t in ordered if t in FLOAT_TARGETS), None)
     src = Source(source if isinstance(source, LoadedCheckpoint) else None,
                  None if isinstance(source, LoadedCheckpoint) else source, resolution, out_dir, cfg,
@@ -348,7 +355,7 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
                    else cfg.precision if any(t in INT8_TARGETS for t in ordered) else None),
         reference=reference, targets=scores, num_images=len(items) - len(streamed.unreadable),
         unreadable=streamed.unreadable, max_top1_drop=cfg.max_top1_drop, notices=notices,
-        scoring_seconds=streamed.seconds)
+        scoring_seconds=streamed.seconds, host=host.to_json())
     apply_gate(result)
     result.seconds = time.perf_counter() - t0
     write_reports(result, out_dir, stem)

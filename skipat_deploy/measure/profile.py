@@ -39,6 +39,7 @@ class ProfileConfig:
     warmup: int = 5
     threads: int | None = threads_option()
     hub_timeout_s: float = hub_timeout_option()
+    budget_s: float = 60.0  # cpu: time the pair until its ratio is within +-2 % or this long
 
     def compile_config(self) -> CompileConfig:
         """What compiles the model on AI Hub (hub)."""
@@ -106,13 +107,13 @@ class ProfileOutcome:
 
 
 def profile_cpu_models(models: list[Path], runs: int, warmup: int, threads: int | None,
-                       ) -> tuple[list[CpuLatency], Ratio | None]:
+                       budget_s: float = 60.0) -> tuple[list[CpuLatency], Ratio | None]:
     """Time ``models`` side by side; with two, also the second over the first (paired), timed
-    until its interval is within +-2 % or 60 s have passed."""
+    until its interval is within +-2 % or ``budget_s`` seconds have passed."""
     for m in models:
         if not Path(m).is_file():
             raise UserError(f"model not found: {m}")
     pair = [(1, 0)] if len(models) == 2 else []
     stats, times = interleaved(models, runs=runs, warmup=warmup, threads=threads, until=pair,
-                               budget_s=60.0)
+                               budget_s=budget_s)
     return stats, (ratio_interval(times, 1, 0) if pair else None)
