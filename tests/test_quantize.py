@@ -91,6 +91,8 @@ def test_aimet_w8a16_artifacts_and_report(tmp_path, nano_ckpts, photos):
     report = json.loads(r.report_json.read_text())
     assert report["quality"]["sqnr_db"] == pytest.approx(r.quality.sqnr_db)
     assert report["device"] == "Galaxy S22" and report["hexagon"] == "v69"
+    for kind in ("qdq_onnx", "float_onnx"):  # the report names the models beside it
+        assert report["sha256"][kind] == sha256_file(report[kind])
     meta = read_metadata(r.qdq_onnx)
     assert meta["quantization"]["precision"] == "w8a16" and meta["resolution"] == 224
     assert (meta["quantization"]["hexagon"], meta["quantization"]["backend"]) == ("v69", "aimet")

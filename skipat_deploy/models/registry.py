@@ -58,9 +58,12 @@ def _pair(size: str, dim: int, depth: int, heads: int, doc: str):
 _pair("tiny", 192, 12, 3, "T")
 _pair("small", 384, 12, 6, "S")
 _pair("base", 768, 12, 12, "B")
-# Test sizes: `micro` is the layout of the golden parity data; `nano` is for fast tests.
+# Test sizes: `micro` is the layout of the golden parity data; `nano` is for fast tests: ViT
+# with 4 blocks, SkipAt with the 10 it needs for the official skip indices (so that its
+# checkpoints load without --skip-indices).
 _pair("micro", 128, 12, 2, "micro")
 _pair("nano", 64, 10, 1, "nano")
+register(ModelSpec("vit_nano_patch16", ArchConfig(VIT, 64, 4, 1), doc="ViT-nano/16"))
 register(
     ModelSpec(
         "vit_small_patch14_dinov2",
