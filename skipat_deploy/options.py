@@ -62,12 +62,16 @@ def fill(config: Any, options: dict[str, Any], *, rename: dict[str, str] | None 
     by_name = {n: f.name for f in dataclasses.fields(config) for n in names(f)}
     by_name.update((k, v) for k, v in rename.items())
     taken = {by_name[k]: options.pop(k) for k in list(options) if k in by_name}
-    types = {f.name: str(f.type) for f in dataclasses.fields(config)}
-    for name, value in taken.items():  # the API's conveniences: "dir/" for a Path, a list for a tuple
-        if isinstance(value, str) and "Path" in types[name]:
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    for name, value in taken.items():  # the API's conveniences: "dir/" for a Path, a list for a
+        kind = str(fields[name].type)  # tuple, one value for a repeatable option (resolution=112)
+        if isinstance(value, str) and "Path" in kind:
             taken[name] = Path(value)
-        elif isinstance(value, list) and "tuple" in types[name]:
+        elif isinstance(value, list) and "tuple" in kind:
             taken[name] = tuple(value)
+        elif (KEY in fields[name].metadata and fields[name].metadata[KEY].repeat
+              and not isinstance(value, (tuple, list))):
+            taken[name] = (value,)
     return dataclasses.replace(config, **taken) if taken else config
 
 

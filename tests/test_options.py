@@ -109,6 +109,11 @@ def test_keyword_options_fill_the_configs_and_unknown_ones_are_refused(tmp_path)
     opts = dict(num_calib=3, calib="x", rotate=False)
     q = fill(QuantizeConfig(), opts)
     assert (q.num_calib, q.calib_dir, q.rotate, opts) == (3, Path("x"), False, {})
+    from skipat_deploy.measure.compare import CompareConfig
+
+    # a repeatable option takes one value as the command line's single flag does
+    assert fill(CompareConfig(), dict(resolution=112)).resolutions == (112,)
+    assert fill(CompareConfig(), dict(resolutions=[112, 224])).resolutions == (112, 224)
 
 
 def test_share_weights_with_hub_is_refused(tmp_path):

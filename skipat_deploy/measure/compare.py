@@ -53,7 +53,7 @@ class CompareConfig:
     threads: int | None = threads_option()  # cpu: None = 1, pinned for steady paired figures (said so)
     hub_timeout_s: float = hub_timeout_option()
     ratio_target: float = 0.02  # cpu: stop once the SkipAt/ViT interval is within +-2 %
-    budget_s: float = 40.0  # cpu: ... or after this long per resolution and model kind
+    budget_s: float = option(40.0, "CPU: stop timing a pair after this many seconds per resolution and model kind, settled or not (the table gives the interval reached).", flag="--time-budget")
     eval_dir: Path | None = option(None, "Labelled images (as for `evaluate --data`): float and INT8 top-1 beside the latency (needs trained --vit and --skipat).", flag="--eval")
     eval_labels: Path | None = option(None, "Labels file for --eval (as `evaluate --labels`).", flag="--eval-labels")
     # --eval: a stratified subset of this many images

@@ -106,6 +106,8 @@ def interleaved(paths: list[str | Path], runs: int = 50, warmup: int = 5,
     per-model figures and the raw times (runs x models, seconds) for per-pair ratios."""
     if runs < 1 or warmup < 0:
         raise UserError("--runs must be at least 1 and --warmup not negative")
+    if budget_s < 0:
+        raise UserError("--time-budget must not be negative (0: one round of --runs)")
     threads = threads or default_threads()
     sessions = [session(p, threads) for p in paths]
     feeds = [feed(s) for s in sessions]

@@ -39,7 +39,7 @@ class ProfileConfig:
     warmup: int = 5
     threads: int | None = threads_option()
     hub_timeout_s: float = hub_timeout_option()
-    budget_s: float = 60.0  # cpu: time the pair until its ratio is within +-2 % or this long
+    budget_s: float = option(60.0, "CPU: stop timing the FP32 / INT8 pair after this many seconds, settled within +-2 % or not (the report gives the interval reached).", flag="--time-budget")
 
     def compile_config(self) -> CompileConfig:
         """What compiles the model on AI Hub (hub)."""
