@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,13 @@ def nano_ckpts(tmp_path_factory) -> dict[str, Path]:
         paths[name] = d / f"{name}.pth"
         torch.save(random_state_dict(name, seed=1), paths[name])
     return paths
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for a command run as a user's terminal runs it: a test run as a background
+    job would pass SIGINT on ignored, and the command keeps an ignored signal ignored."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
 
 
 def onnx_files(folder: Path) -> list[Path]:

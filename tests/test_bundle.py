@@ -26,7 +26,9 @@ pytest.importorskip("onnxruntime_qnn")
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, nano_ckpts):
     out = tmp_path_factory.mktemp("bundle")
-    r = api.bundle(nano_ckpts["skipat_nano_patch16"], out, precision="w8a16", num_calib=8, zip=True)
+    # 112 px: what a bundle holds and proves does not depend on the grid
+    r = api.bundle(nano_ckpts["skipat_nano_patch16"], out, precision="w8a16", num_calib=8, zip=True,
+                   resolution=112)
     return r
 
 
@@ -43,7 +45,7 @@ def _manifest(folder):
 def test_bundle_holds_every_artifact_and_a_valid_manifest(built):
     (folder,) = built.folders
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    stem, tag = "skipat_nano_patch16_224", "skipat_nano_patch16_224_w8a16_v69"
+    stem, tag = "skipat_nano_patch16_112", "skipat_nano_patch16_112_w8a16_v69"
     assert names == sorted([
         f"{stem}.onnx", f"{stem}.cpu_int8.onnx", f"{tag}.qdq.onnx", f"{tag}.aimet/model.onnx",
         f"{tag}.aimet/model.encodings", f"{tag}.sm8450.ctx.onnx", f"{tag}.sm8450.ctx_qnn.bin",
@@ -62,11 +64,11 @@ def test_bundle_holds_every_artifact_and_a_valid_manifest(built):
     assert (qdq["precision"], qdq["hexagon"]) == ("w8a16", "v69") and "io_quantization" not in qdq
     assert binary["qnn_sdk"] == m["tools"]["qnn_sdk"] and binary["qnn_sdk"] in binary["min_runtime"]
     (inp,) = m["inputs"]
-    assert inp["shape"] == [1, 3, 224, 224] and inp["layout"] == "NCHW"
+    assert inp["shape"] == [1, 3, 112, 112] and inp["layout"] == "NCHW"
     assert inp["preprocess"]["mean"] == [0.485, 0.456, 0.406]
     assert inp["quantization"]["dtype"] == "uint16" and inp["quantization"]["scale"] > 0
     assert m["outputs"][0]["shape"] == [1, 1000] and m["outputs"][0]["quantization"]
-    assert m["model"]["skip_indices"] == [3, 4, 5, 6, 7, 8] and m["model"]["grid"] == 14
+    assert m["model"]["skip_indices"] == [3, 4, 5, 6, 7, 8] and m["model"]["grid"] == 7
     assert len(m["model"]["source"]["sha256"]) == 64
     assert m["tools"]["qnn_sdk"] and m["tools"]["aimet_torch"]
     sources = {x["name"]: x["source"] for x in m["measurements"]}
@@ -86,7 +88,7 @@ def test_verify_accepts_the_bundle_and_says_which_runtime_it_needs(built):
     assert needs.startswith("QNN / QAIRT 2.") and "or newer" in needs
 
 
-@pytest.mark.parametrize("suffix", [".ctx_qnn.bin", ".ctx.onnx", ".qdq.onnx", "_224.onnx",
+@pytest.mark.parametrize("suffix", [".ctx_qnn.bin", ".ctx.onnx", ".qdq.onnx", "_112.onnx",
                                     "model.encodings", "labels.txt"])
 def test_verify_names_a_tampered_file(built, tmp_path, suffix):
     folder = _copy(built, tmp_path)

@@ -18,21 +18,23 @@ from skipat_deploy.errors import UserError
 
 pytest.importorskip("onnxruntime_qnn")
 
-FAST = dict(num_calib=8, num_eval=4)
+# --npu-samples 0: the NPU figure has its own tests (test_inspect.py); it costs a simulator run
+FAST = dict(num_calib=8, num_eval=4, npu_samples=0)
 
 
 @pytest.fixture(scope="module")
 def qdq_for(tmp_path_factory, nano_ckpts):
-    """device -> a w8a16 QDQ SkipAt nano model quantized for it (ONNX Runtime quantization:
-    seconds), made once per device, all in one folder."""
+    """(device, resolution) -> a w8a16 QDQ SkipAt nano model quantized for it (ONNX Runtime
+    quantization: seconds), made once each, all in one folder."""
     d = tmp_path_factory.mktemp("qdq")
     made = {}
 
-    def make(device):
-        if device not in made:
-            made[device] = api.quantize(nano_ckpts["skipat_nano_patch16"], d, precision="w8a16",
-                                        backend="ort", device=device, **FAST).qdq_onnx
-        return made[device]
+    def make(device, resolution=224):
+        if (device, resolution) not in made:
+            made[device, resolution] = api.quantize(
+                nano_ckpts["skipat_nano_patch16"], d, precision="w8a16", backend="ort",
+                device=device, resolution=resolution, **FAST).qdq_onnx
+        return made[device, resolution]
 
     return make
 
@@ -371,10 +373,11 @@ def test_hub_takes_the_aimet_folder(tmp_path, qdq, hub):
     ("Galaxy S21", "SM8350", "v68"), ("X Elite", "SC8380XP", "v73"), ("Galaxy S24", "SM8650", "v75"),
     ("Galaxy S25", "SM8750", "v79"), ("Galaxy S26", "SM8850", "v81")])
 def test_local_compile_for_every_hexagon_version(tmp_path, qdq_for, device, soc, hexagon):
-    r = compile_local(qdq_for(device), tmp_path, CompileConfig(device=device))
+    # at 112 px: what differs between Hexagon versions is the ops and their precisions, not the grid
+    r = compile_local(qdq_for(device, 112), tmp_path, CompileConfig(device=device, num_check=1))
     assert (r.soc, r.hexagon) == (soc, hexagon) and r.artifacts["context_binary"].stat().st_size > 0
     assert soc.lower() in r.artifacts["context_binary"].name
-    assert r.check.num_samples == 2 and np.isfinite(r.check.sqnr_db)
+    assert r.check.num_samples == 1 and r.check.gate == "passed"
 
 
 def test_fp16_compiles_a_float_model_where_the_htp_can(tmp_path, nano_ckpts):
@@ -391,7 +394,7 @@ def test_fp16_compiles_a_float_model_where_the_htp_can(tmp_path, nano_ckpts):
 def test_weight_shared_binary_for_two_resolutions(tmp_path, nano_ckpts):
     ck = nano_ckpts["skipat_nano_patch16"]
     q = [api.quantize(ck, tmp_path / "q", resolution=r, precision="w8a8", backend="ort",
-                      device="Galaxy S24", **FAST).qdq_onnx for r in (224, 384)]
+                      device="Galaxy S24", **FAST).qdq_onnx for r in (112, 224)]
     shared = api.compile_shared(q, tmp_path / "shared", device="Galaxy S24", num_check=1)
     assert len(shared) == 2 and shared[0].artifacts["context_binary"] == shared[1].artifacts["context_binary"]
     assert all(r.check.num_samples == 1 and "on its own" in r.check.runs_on for r in shared)

@@ -23,6 +23,8 @@ from skipat_deploy.measure.dataset import DatasetError, load_dataset, stratified
 from skipat_deploy.models.registry import build_model
 from skipat_deploy.preprocess import load_image
 
+from .conftest import default_signals
+
 runner = CliRunner()
 WN = imagenet_synsets()
 
@@ -314,7 +316,7 @@ def test_device_target_through_the_loopback_hub(tmp_path, labelled, fake_hub, mo
 
 def test_compare_eval_puts_accuracy_beside_latency(tmp_path, labelled, nano_ckpts):
     r = api.compare(nano_ckpts["vit_nano_patch16"], nano_ckpts["skipat_nano_patch16"], tmp_path,
-                    resolutions=(224,), backend="cpu", runs=3, warmup=1, threads=1,
+                    resolutions=(224,), backend="cpu", runs=3, warmup=1, threads=1, budget_s=1,
                     eval_dir=labelled["data"])
     vit = next(row for row in r.rows if row.model == "vit")
     assert vit.top1_float == pytest.approx(8 / 12) and vit.eval_images == 12
@@ -371,7 +373,7 @@ def test_ctrl_c_in_a_real_process_then_the_same_command_resumes(tmp_path, nano_c
     cmd = [sys.executable, "-c", "from skipat_deploy.cli import main; main()", "evaluate", "--model", str(r.path),
            "--data", str(data), "--out", str(tmp_path / "out"), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_signals)
     cache = tmp_path / "out" / ev.CACHE
 
     def groups():  # scored groups; a group being written is a hidden .partial file

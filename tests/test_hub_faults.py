@@ -137,7 +137,7 @@ def test_compare_killed_after_submitting_resumes_without_duplicates(tmp_path, na
 
     monkeypatch.setattr(hub_mod, "_sleep", killed)
     args = dict(vit=nano_ckpts["vit_nano_patch16"], skipat=nano_ckpts["skipat_nano_patch16"],
-                out_dir=tmp_path, resolutions=(224,), backend="hub", quant_backend="ort")
+                out_dir=tmp_path, resolutions=(112,), backend="hub", quant_backend="ort")
     with pytest.raises(KeyboardInterrupt):
         api.compare(**args)
     assert len(hub.jobs) == 2 and not (tmp_path / "compare.md").exists()
@@ -145,7 +145,7 @@ def test_compare_killed_after_submitting_resumes_without_duplicates(tmp_path, na
     r = api.compare(**args)
     assert [j.kind for j in hub.jobs.values()].count("compile") == 2  # no duplicates
     assert len(hub.jobs) == 4 and hub.count_requests("POST", "/jobs/") == 4
-    assert {(row.model, row.resolution) for row in r.rows} == {("vit", 224), ("skipat", 224)}
+    assert {(row.model, row.resolution) for row in r.rows} == {("vit", 112), ("skipat", 112)}
     assert sorted(p.name for p in r.files.values()) == ["compare.csv", "compare.json", "compare.md", "compare.png"]
 
 
@@ -183,7 +183,8 @@ def test_cli_compare_on_hub_writes_what_the_cpu_path_writes(tmp_path, nano_ckpts
     res = CliRunner().invoke(app, [
         "compare", "--backend", "hub", "--device", "Galaxy S22", "--vit",
         str(nano_ckpts["vit_nano_patch16"]), "--skipat", str(nano_ckpts["skipat_nano_patch16"]),
-        "--quant-backend", "ort", "--out", str(tmp_path), "--json"])
+        "--resolution", "112", "--resolution", "224", "--quant-backend", "ort", "--out", str(tmp_path),
+        "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert sorted(a["kind"] for a in doc["artifacts"] if a["kind"].startswith("compare_")) == [

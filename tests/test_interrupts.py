@@ -20,6 +20,8 @@ import pytest
 from skipat_deploy.files import sha256_file
 from skipat_deploy.staging import STAGE_PREFIX
 
+from .conftest import default_signals
+
 CLI = [sys.executable, "-c", "from skipat_deploy.cli import main; main()"]
 CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 ORT = ["--precision", "w8a8", "--quant-backend", "ort", "--num-calib", "8"]
@@ -31,15 +33,10 @@ def snapshot(folder: Path) -> dict[str, str | None]:
             for p in sorted(folder.rglob("*"))}
 
 
-def _default_signals() -> None:  # a test run as a background job would pass SIGINT ignored
-    for s in CODES:
-        signal.signal(s, signal.SIG_DFL)
-
-
 def start(out: Path, *args) -> subprocess.Popen:
     return subprocess.Popen(CLI + [str(a) for a in args] + ["--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_signals)
+                            preexec_fn=default_signals)
 
 
 def when(proc: subprocess.Popen, out: Path, pattern: str, timeout: float = 240) -> float:
@@ -113,7 +110,8 @@ def at_a_random_point(proc: subprocess.Popen, out: Path, within: float) -> float
 def test_quantize_interrupted_leaves_the_older_output_and_a_rerun_succeeds(tmp_path, nano_ckpts):
     ckpt = nano_ckpts["vit_nano_patch16"]
     # The transaction does not depend on the quantizer: ONNX Runtime's, the faster
-    args = ["quantize", "--ckpt", ckpt, "--num-calib", 8, "--num-eval", 4, "--backend", "ort"]
+    args = ["quantize", "--ckpt", ckpt, "--num-calib", 8, "--num-eval", 4, "--backend", "ort",
+            "--npu-samples", 0]
     tag = "vit_nano_patch16_224_w8a16_v69_ort"
     out = tmp_path / "out"
     before = older_output(out, ["vit_nano_patch16_224.onnx", f"{tag}.qdq.onnx",

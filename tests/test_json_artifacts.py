@@ -89,7 +89,7 @@ def test_compile_from_a_checkpoint(tmp_path, ckpt):
 
 def test_profile_on_the_cpu_from_a_checkpoint(tmp_path, ckpt):
     doc = run_listing_exactly_what_appeared(tmp_path / "out", "profile", "--backend", "cpu",
-                                            "--ckpt", ckpt, "--runs", 3, "--threads", 1)
+                                            "--ckpt", ckpt, "--runs", 3, "--threads", 1, "--time-budget", 1)
     assert {"float_onnx", "cpu_int8_onnx"} <= {a["kind"] for a in doc["artifacts"]}
 
 
@@ -97,7 +97,8 @@ def test_compare_on_the_cpu(tmp_path, nano_ckpts):
     run_listing_exactly_what_appeared(tmp_path / "out", "compare", "--backend", "cpu",
                                       "--vit", nano_ckpts["vit_nano_patch16"],
                                       "--skipat", nano_ckpts["skipat_nano_patch16"],
-                                      "--resolution", 224, "--runs", 3, "--threads", 1)
+                                      "--resolution", 224, "--runs", 3, "--threads", 1,
+                                      "--time-budget", 1)
 
 
 def test_bundle(tmp_path, ckpt):
@@ -140,6 +141,6 @@ def test_compare_on_hub_lists_the_models_it_sent(tmp_path, nano_ckpts, hub):
     doc = run_listing_exactly_what_appeared(tmp_path / "out", "compare", "--backend", "hub",
                                             "--vit", nano_ckpts["vit_nano_patch16"],
                                             "--skipat", nano_ckpts["skipat_nano_patch16"],
-                                            "--resolution", 224, "--quant-backend", "ort")
+                                            "--resolution", 112, "--quant-backend", "ort")
     kinds = [a["kind"] for a in doc["artifacts"]]
     assert kinds.count("qdq_onnx") == 2 and kinds.count("raw_profile") == 2

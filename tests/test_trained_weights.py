@@ -24,7 +24,8 @@ from skipat_deploy.quant.rewrite import check_float_equivalent, prepare
 
 from .conftest import LAYOUTS, trained_like_state_dict
 
-FAST = dict(num_calib=8, num_eval=4)
+# --npu-samples 0: the NPU figure has its own tests (test_inspect.py); it costs a simulator run
+FAST = dict(num_calib=8, num_eval=4, npu_samples=0)
 
 
 def _model(name: str, seed: int = 2):
