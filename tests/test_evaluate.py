@@ -293,7 +293,7 @@ def test_device_target_through_the_loopback_hub(tmp_path, labelled, fake_hub, mo
 
     monkeypatch.setattr(hub_mod, "_sleep", lambda s: None)
     q = api.quantize(labelled["ckpt"], tmp_path / "q", precision="w8a8", backend="ort",
-                     num_calib=4, num_eval=2)
+                     num_calib=4, num_eval=2, npu_samples=0)
     # the "phone" computes what the QDQ model computes
     fake_hub.inference_fn = lambda inputs: {"logits": [run_qdq_cpu(q.qdq_onnx, x) for x in inputs["image"]]}
     out = tmp_path / "eval"
@@ -337,7 +337,7 @@ def test_npu_and_num_samples_draw_per_class(tmp_path, nano_ckpts):
         for j in range(3):
             _photo(data / WN[c * 50] / f"{c}_{j}.jpg", c * 3 + j)
     q = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path / "q", precision="w8a8",
-                     backend="ort", num_calib=4, num_eval=2)
+                     backend="ort", num_calib=4, num_eval=2, npu_samples=0)
     r = api.evaluate(data, model=q.qdq_onnx, out_dir=tmp_path / "e", targets=("qdq", "npu"),
                      npu_samples=10)
     qdq, npu = r.targets

@@ -111,10 +111,10 @@ def test_quantize_interrupted_leaves_the_older_output_and_a_rerun_succeeds(tmp_p
     ckpt = nano_ckpts["vit_nano_patch16"]
     # The transaction does not depend on the quantizer: ONNX Runtime's, the faster
     args = ["quantize", "--ckpt", ckpt, "--num-calib", 8, "--num-eval", 4, "--backend", "ort",
-            "--npu-samples", 0]
-    tag = "vit_nano_patch16_224_w8a16_v69_ort"
+            "--npu-samples", 0, "--resolution", 112]  # 112 px: the transaction is what is tested
+    tag = "vit_nano_patch16_112_w8a16_v69_ort"
     out = tmp_path / "out"
-    before = older_output(out, ["vit_nano_patch16_224.onnx", f"{tag}.qdq.onnx",
+    before = older_output(out, ["vit_nano_patch16_112.onnx", f"{tag}.qdq.onnx",
                                 f"{tag}.quant.json", f"{tag}.layers.csv"])
 
     proc = start(out, *args)  # SIGINT while the float model is being written in the stage
@@ -122,7 +122,7 @@ def test_quantize_interrupted_leaves_the_older_output_and_a_rerun_succeeds(tmp_p
     assert interrupted(proc, signal.SIGINT, out, before, f"SIGINT after {waited:.1f} s")
 
     proc = start(out, *args)
-    delay = at_a_random_point(proc, out, waited + 10)
+    delay = at_a_random_point(proc, out, waited + 3)  # about the whole run
     interrupted(proc, signal.SIGTERM, out, before, f"SIGTERM after {delay} s, SKIPAT_TEST_SEED={SEED}")
 
     doc = rerun_succeeds(out, *args)
@@ -134,11 +134,11 @@ def test_quantize_interrupted_leaves_the_older_output_and_a_rerun_succeeds(tmp_p
 
 def test_bundle_interrupted_leaves_the_older_bundle_and_a_rerun_succeeds(tmp_path, nano_ckpts):
     ckpt = nano_ckpts["vit_nano_patch16"]
-    args = ["bundle", "--ckpt", ckpt, *ORT, "--zip"]
+    args = ["bundle", "--ckpt", ckpt, *ORT, "--zip", "--resolution", 112]
     out = tmp_path / "out"
-    before = older_output(out, ["vit_nano_patch16_224/manifest.json",
-                                "vit_nano_patch16_224/vit_nano_patch16_224.onnx",
-                                "vit_nano_patch16_224.zip"])
+    before = older_output(out, ["vit_nano_patch16_112/manifest.json",
+                                "vit_nano_patch16_112/vit_nano_patch16_112.onnx",
+                                "vit_nano_patch16_112.zip"])
 
     proc = start(out, *args)  # SIGTERM once the context binary is compiled, inside the stage
     waited = when(proc, out, f"{STAGE_PREFIX}*/**/*.ctx_qnn.bin")
@@ -150,7 +150,7 @@ def test_bundle_interrupted_leaves_the_older_bundle_and_a_rerun_succeeds(tmp_pat
 
     doc = rerun_succeeds(out, *args)
     assert sorted(a["kind"] for a in doc["artifacts"]) == ["bundle", "bundle_zip", "manifest"]
-    manifest = json.loads((out / "vit_nano_patch16_224" / "manifest.json").read_text())
+    manifest = json.loads((out / "vit_nano_patch16_112" / "manifest.json").read_text())
     assert manifest["schema"] == "skipat-deploy/manifest"
 
 

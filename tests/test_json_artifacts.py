@@ -121,7 +121,8 @@ def hub(fake_hub, monkeypatch):
 @pytest.fixture(scope="module")
 def qdq(tmp_path_factory, ckpt):
     d = tmp_path_factory.mktemp("qdq")
-    return api.quantize(ckpt, d, precision="w8a8", backend="ort", num_calib=4, num_eval=2).qdq_onnx
+    return api.quantize(ckpt, d, precision="w8a8", backend="ort", num_calib=4, num_eval=2,
+                        npu_samples=0).qdq_onnx
 
 
 def test_compile_on_hub(tmp_path, qdq, hub):

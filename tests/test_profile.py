@@ -116,7 +116,7 @@ def test_hub_profile_end_to_end(tmp_path, nano_ckpts, hub):
     from skipat_deploy.export import run_qdq_cpu
 
     q = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path / "q", precision="w8a8",
-                     backend="ort", num_calib=4, num_eval=2)
+                     backend="ort", num_calib=4, num_eval=2, npu_samples=0)
     hub.profile = ProfileConfig(estimated_inference_time_us=5650, first_load_time_us=90_000,
                                 layers=[FakeLayer("conv", "Conv2d", "NPU", 10),
                                         FakeLayer("gelu", "Gelu", "NPU", 5)])

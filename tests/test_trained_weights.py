@@ -121,13 +121,13 @@ def test_a_head_with_zero_rows_quantizes(precision, backend, trained_like_ckpts,
     # 16 held-out samples: on 4, one-step rounding flips between the simulation and the QDQ
     # model decide the pooled figure (mixed: 30.6 vs 32.1 dB on 4, 30.6 vs 30.8 on 16)
     r = api.quantize(trained_like_ckpts["vit"], tmp_path, precision=precision, backend=backend,
-                     num_calib=8, num_eval=16)
+                     num_calib=8, num_eval=16, npu_samples=0, resolution=112)  # the head's subject
     if r.sim_quality is not None:
         assert r.quality.sqnr_db >= r.sim_quality.sqnr_db - 1.0  # within 1 dB of the simulation
     sd = trained_like_state_dict(LAYOUTS["vit"], seed=2)
     live = sd["head.weight"].abs().sum(1) > 0
     graph = onnx.load(str(r.qdq_onnx)).graph
-    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 3, 112, 112)).astype(np.float32)
     dead = run_qdq_cpu(r.qdq_onnx, x)[:, ~live.numpy()]
     assert np.abs(dead - -10.0).max() < 0.5, "the zero rows' bias did not survive quantization"
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10  # a quantized model
