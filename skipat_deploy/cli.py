@@ -34,6 +34,20 @@ app = typer.Typer(
 )
 run_command = render.run_command
 
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"skipat-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass  # the app's own help describes it; the callback only holds --version
+
 CKPT = F(LoadConfig, "ckpt")
 ARCH = F(LoadConfig, "arch skip_indices head_dim")
 SAFETY = F(LoadConfig, "allow_code_execution")

@@ -103,6 +103,3 @@ def parse_value(opt: Opt, text: str | None, what: str) -> Any:
         return opt.parse(text, what)
     return parse_list(text, opt.parse, what)
 
-
-def choices_error(value: str, what: str, allowed) -> str:
-    return f"{what} {value!r}: choose one of {', '.join(allowed)}"

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -150,6 +151,31 @@ def table(*columns: str, title: str | None = None) -> Table:
     for c in columns:
         table.add_column(c, overflow="fold")
     return table
+
+
+def fitted_table(columns: list[tuple[str, bool]], rows: list[list[str]]) -> tuple[Table, list[str]]:
+    """A table whose words are never broken: ``columns`` are (header, essential); optional
+    columns are dropped, last first, until the table fits the terminal. Returns the table and
+    the headers left out (``--json`` has them all)."""
+    width = Console().width
+    keep = list(range(len(columns)))
+    while True:
+        tbl = Table(box=box.SIMPLE_HEAD)  # no vertical rules: six more columns for the words
+        for i in keep:
+            tbl.add_column(columns[i][0], no_wrap=True)
+        for row in rows:
+            tbl.add_row(*(row[i] for i in keep))
+        optional = [i for i in keep if not columns[i][1]]
+        if Console(width=10_000).measure(tbl).maximum <= width or not optional:
+            return tbl, [columns[i][0] for i in range(len(columns)) if i not in keep]
+        keep.remove(optional[-1])
+
+
+def _print_fitted(columns: list[tuple[str, bool]], rows: list[list[str]]) -> None:
+    tbl, left_out = fitted_table(columns, rows)
+    Console().print(tbl)
+    if left_out:
+        Console().print(f"(a wider terminal or --json shows {', '.join(left_out)})", highlight=False)
 
 
 def artifact(kind: str, path: Path) -> dict:
@@ -466,31 +492,35 @@ def show_predictions(run: Run, preds) -> None:
 
 
 def show_models(run: Run, specs) -> None:
-    tbl = table("name", "family", "dim", "depth", "heads", "patch", "classes", "Φ skips")
+    columns = [("name", True), ("dim", True), ("depth", True), ("heads", True), ("Φ skips", True),
+               ("classes", False), ("patch", False), ("family", False)]
+    rows = []
     for s in specs:
         a = s.arch
         run.results.append(dict(name=s.name, family=a.family, embed_dim=a.embed_dim,
                                 depth=a.depth, num_heads=a.num_heads, patch_size=a.patch_size,
                                 num_classes=a.num_classes, skip_indices=list(a.skip_indices)))
-        tbl.add_row(s.name, a.family, str(a.embed_dim), str(a.depth), str(a.num_heads),
-                      str(a.patch_size), str(a.num_classes),
-                      ",".join(map(str, a.skip_indices)) or "-")
+        rows.append([s.name, str(a.embed_dim), str(a.depth), str(a.num_heads),
+                     ",".join(map(str, a.skip_indices)) or "-", str(a.num_classes),
+                     str(a.patch_size), a.family])
     if not run.as_json:
-        Console().print(tbl)
+        _print_fitted(columns, rows)
 
 
 def show_devices(run: Run, profiles, hub: tuple[list[dict], list[str]] | None) -> None:
     """The local table; with ``hub`` (AI Hub's live devices, those missing), both."""
     from dataclasses import asdict
 
-    tbl = table("device", "chipset", "SoC", "Hexagon", "soc_model", "fp16", "weight sharing",
-                   "OS", "AI Hub name", "also typed as")
+    columns = [("device", True), ("SoC", True), ("Hexagon", True), ("fp16", True),
+               ("weight\nsharing", True), ("soc_model", False), ("chipset", False), ("OS", False),
+               ("AI Hub name", False), ("also typed as", False)]
+    rows = []
     for p in profiles:
         run.results.append(asdict(p))
-        tbl.add_row(p.name, p.chipset, p.soc, p.hexagon, str(p.qnn_soc_model),
-                      "yes" if p.fp16 else "no", "yes" if p.weight_sharing else "no", p.os,
-                      p.hub_devices[0] if p.hub_devices else "(not on AI Hub)",
-                      ", ".join(p.aliases[:3]))
+        rows.append([p.name, p.soc, p.hexagon, "yes" if p.fp16 else "no",
+                     "yes" if p.weight_sharing else "no", str(p.qnn_soc_model), p.chipset, p.os,
+                     p.hub_devices[0] if p.hub_devices else "(not on AI Hub)",
+                     ", ".join(p.aliases[:3])])
     live = None
     if hub is not None:
         live, missing = hub
@@ -501,7 +531,7 @@ def show_devices(run: Run, profiles, hub: tuple[list[dict], list[str]] | None) -
                        f"{d['soc_model']}), which the local table lacks")
     if run.as_json:
         return
-    Console().print(tbl)
+    _print_fitted(columns, rows)
     if live is not None:
         t = table("AI Hub device", "chipset", "Hexagon", "soc-model", "OS", "local target",
                    title="live on AI Hub")

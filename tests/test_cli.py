@@ -161,3 +161,24 @@ def test_console_script_and_root_cli():
         assert p.returncode == 0, p.stderr
         names = [m["name"] for m in json.loads(p.stdout)["results"]]
         assert "skipat_tiny_patch16" in names and "vit_small_patch14_dinov2" in names
+
+
+def test_version_is_the_installed_packages():
+    from importlib.metadata import version
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"skipat-deploy {version('skipat-deploy')}"
+
+
+@pytest.mark.parametrize("command, names", [("devices", "name"), ("models", "name")])
+def test_tables_read_at_80_columns(command, names, monkeypatch):
+    """In an 80-column terminal every cell is whole: no word broken or cut, no line over 80."""
+    monkeypatch.setenv("COLUMNS", "80")
+    listed = json.loads(CliRunner().invoke(app, [command, "--json"]).stdout)["results"]
+    out = CliRunner().invoke(app, [command]).stdout
+    assert all(len(line) <= 80 for line in out.splitlines()) and "…" not in out
+    words = {w for line in out.splitlines() for w in line.split()}
+    for row in listed:  # every name and SoC whole, as a sequence of whole words
+        for value in (row[names], row.get("soc")):
+            assert value is None or all(w in words for w in str(value).split()), value
+    assert "--json shows" in out  # and where the rest is

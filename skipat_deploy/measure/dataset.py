@@ -34,7 +34,6 @@ from ..preprocess import IMAGE_SUFFIXES
 WNID = re.compile(r"^n\d{8}$")
 GROUND_TRUTH_FILES = ("LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt", "val.txt",
                       "val_labels.txt", "ground_truth.txt")
-DEVKIT_MAPS = ("map_clsloc.txt", "meta.mat")
 PATH_COLUMNS = ("path", "file", "filename", "image", "image_id", "imageid", "img")
 LABEL_COLUMNS = ("label", "class", "class_id", "target", "noisy_labels_0", "predictionstring", "wnid")
 

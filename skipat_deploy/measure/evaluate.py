@@ -46,10 +46,6 @@ Z95 = 1.959964
 Step = Callable[[str], None]
 
 
-class AccuracyGateError(QualityGateError):
-    """An INT8 target lost more top-1 than ``--max-top1-drop`` allows."""
-
-
 @dataclass(frozen=True)
 class EvaluateConfig:
     # () : a checkpoint's torch, onnx, qdq; a model's own kind

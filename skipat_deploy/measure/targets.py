@@ -11,7 +11,6 @@ phone on AI Hub (``device``).
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,13 +173,11 @@ def _device(src: Source) -> Runner:
     src.notices.extend(n for n in c.notices if n not in src.notices)
     (input_name,) = input_specs(qdq)
     job_id = c.jobs[0]["id"]
-    jobs = [0]
 
     def run(x: np.ndarray) -> np.ndarray:
         y, _, hub_notices = infer_on_device(job_id, qdq, src.out_dir, device, input_name, x,
                                             cfg.samples_per_job, src.step, cfg.hub_timeout_s)
         src.notices.extend(n for n in hub_notices if n not in src.notices)
-        jobs[0] += math.ceil(len(x) / cfg.samples_per_job)
         return y
 
     runner = Runner("device", run, f"{sha256_file(qdq)}:{job_id}:{device.hub_devices[0]}",
