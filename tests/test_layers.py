@@ -52,3 +52,19 @@ def test_no_module_imports_itself_back():
                for b in graph.find_modules_directly_imported_by(a)
                if graph.chain_exists(importer=b, imported=a)]
     assert circles == []
+
+
+def test_the_readmes_layout_block_names_every_module_and_only_those():
+    """The README's layout block is checked against the tree: every module of the package is
+    named there, and every module it names exists."""
+    import re
+
+    root = Path(__file__).parents[1]
+    text = (root / "README.md").read_text().split("## Layout", 1)[1]
+    block = text.split("```", 2)[1]
+    named = set(re.findall(r"\b(\w+\.py)\b", block))
+    package = root / "skipat_deploy"
+    modules = {p.name for p in [*package.rglob("*.py"), *(root / "profiles").glob("*.py")]
+               if p.name != "__init__.py"}
+    assert modules - named == set(), "modules the README's layout block does not name"
+    assert named - modules - {"cli.py"} == set(), "named in the README's layout, not in the tree"

@@ -22,7 +22,7 @@ from skipat_deploy.errors import CheckpointError
 from skipat_deploy.export import read_metadata
 from skipat_deploy.preprocess import Preprocess, PreprocessOverrides, load_image
 from skipat_deploy.quant import QuantizeConfig
-from skipat_deploy.quant.quantize import float_reference
+from skipat_deploy.quant.quantize import quantization_samples
 
 from .conftest import onnx_files, random_state_dict
 
@@ -141,7 +141,7 @@ def test_calibration_uses_the_resolved_values(nano_ckpts):
     given = PreprocessOverrides.parse(*FLAGS[1::2])
     loaded = api.load(nano_ckpts[NANO], preprocess=given)
     cfg = QuantizeConfig(resolution=224, num_calib=1, num_eval=1)
-    calib_set, _, xc, *_ = float_reference(loaded, cfg, [], lambda m: None)
+    calib_set, _, xc, *_ = quantization_samples(loaded, cfg, [], lambda m: None)
     want = calibration.image_batch(calib_set, 224, loaded.spec.preprocess, 1, seed=cfg.seed)
     guess = calibration.image_batch(calib_set, 224, Preprocess(), 1, seed=cfg.seed)
     assert np.array_equal(xc, want) and not np.allclose(xc, guess)

@@ -574,7 +574,7 @@ def test_power_of_two_softmax_steps_round_up_only_8_bit_softmax_scales(tmp_path)
     another quantizer, and a 16-bit Softmax, are left as they were."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from skipat_deploy.quant.qdq import power_of_two_softmax_steps, power_of_two_step
+    from skipat_deploy.quant.qdq import snap_softmax_steps_in_onnx, power_of_two_step
 
     def qdq(x, s, z, out):
         return [helper.make_node("QuantizeLinear", [x, s, z], [out + "_q"]),
@@ -596,14 +596,14 @@ def test_power_of_two_softmax_steps_round_up_only_8_bit_softmax_scales(tmp_path)
 
     assert [power_of_two_step(s) for s in (np.float32(1 / 255), 2.0**-10, 1.01 * 2.0**-10, shared)] == \
         [2.0**-8, 2.0**-10, 2.0**-9, 2.0**-8]  # down only when the range loses at most one step
-    assert power_of_two_softmax_steps(path) == 1
+    assert snap_softmax_steps_in_onnx(path) == 1
     assert sorted(_softmax_steps(path)) == [("uint16", pytest.approx(3e-6)), ("uint8", 2.0**-8)]
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     p8, r8, _ = _run_all(path, x)
     p = np.exp(x) / np.exp(x).sum(-1, keepdims=True)
     assert np.allclose(p8, np.clip(np.round(p / 2.0**-8), 0, 255) * 2.0**-8)
     assert np.allclose(r8, np.clip(np.round(np.maximum(x, 0) / np.float32(shared)), 0, 255) * np.float32(shared))
-    assert power_of_two_softmax_steps(path) == 0  # already on the grid
+    assert snap_softmax_steps_in_onnx(path) == 0  # already on the grid
 
 
 def _run_all(path, x):

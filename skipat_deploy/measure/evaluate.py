@@ -33,7 +33,7 @@ from ..staging import staged
 from . import stream
 from .dataset import LabelledImages, stratified_subset
 from .targets import TARGETS as REGISTRY
-from .targets import Source
+from .targets import EvaluateSource
 
 TARGETS = tuple(REGISTRY)
 FLOAT_TARGETS = tuple(t for t in TARGETS if not REGISTRY[t].int8)
@@ -320,7 +320,7 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
         if warning:
             notices.append(warning)
     reference = next((t for t in ordered if t in FLOAT_TARGETS), None)
-    src = Source(source if isinstance(source, LoadedCheckpoint) else None,
+    src = EvaluateSource(source if isinstance(source, LoadedCheckpoint) else None,
                  None if isinstance(source, LoadedCheckpoint) else source, resolution, out_dir, cfg,
                  np.fromiter((c for _, c in items), np.int64, len(items)), step, notices)
     runners = []

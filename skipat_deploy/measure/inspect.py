@@ -359,9 +359,9 @@ def _cpu(model: onnx.ModelProto | Path) -> ort.InferenceSession:
 def _float_model(model: Path, cfg: InspectConfig, notices: list[str]) -> Path | None:
     if cfg.float_model is not None:
         return Path(cfg.float_model)
-    from ..npu.compile import float_reference
+    from ..npu.compile import recorded_float_model
 
-    path, why = float_reference(model)
+    path, why = recorded_float_model(model)
     if path is None:
         notices.append(f"no float model: {why}; give --float X.onnx for figures against float "
                        "(the per-tensor float values come from the QDQ graph itself)")

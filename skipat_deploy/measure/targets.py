@@ -30,7 +30,7 @@ NPU_GROUP = 8  # the simulator takes seconds per image: a cache file every few i
 
 
 @dataclass
-class Source:
+class EvaluateSource:
     """What ``evaluate`` was given and where it writes, shared by the targets it makes."""
 
     ckpt: LoadedCheckpoint | None  # a checkpoint, or
@@ -66,7 +66,7 @@ class Target:
     runs_on: str  # said in the report
     int8: bool  # compared with the float reference, gated by --max-top1-drop
     model_kind: str | None  # the exported model it evaluates without a checkpoint: float | qdq
-    make: Callable[[Source], Runner]
+    make: Callable[[EvaluateSource], Runner]
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,12 +121,12 @@ def is_cpu_int8(path: Path) -> bool:
 # --------------------------------------------------------------------------------------------
 # The targets.
 
-def _torch(src: Source) -> Runner:
+def _torch(src: EvaluateSource) -> Runner:
     src.step("building the PyTorch model")
     return torch_runner(src.ckpt, src.resolution)
 
 
-def _onnx(src: Source) -> Runner:
+def _onnx(src: EvaluateSource) -> Runner:
     path = src.model
     if src.ckpt is not None:
         (r,) = export_onnx(src.ckpt, src.out_dir, ExportConfig(resolutions=(src.resolution,)), src.step)
@@ -134,12 +134,12 @@ def _onnx(src: Source) -> Runner:
     return onnx_runner(path, "onnx")
 
 
-def _qdq(src: Source) -> Runner:
+def _qdq(src: EvaluateSource) -> Runner:
     path = src.qdq_model()
     return onnx_runner(path, "qdq", qdq_semantics=not is_cpu_int8(path))
 
 
-def _npu(src: Source) -> Runner:
+def _npu(src: EvaluateSource) -> Runner:
     from ..npu import qnn
     from ..npu.compile import CompileConfig, compile_local
 
@@ -159,7 +159,7 @@ def _npu(src: Source) -> Runner:
                   group=NPU_GROUP, note=note)
 
 
-def _device(src: Source) -> Runner:
+def _device(src: EvaluateSource) -> Runner:
     """One AI Hub inference job per group of ``--samples-per-job`` images, submitted as the
     images stream in (a re-run finds its jobs in the run record)."""
     from ..npu.compile import CompileConfig

@@ -210,7 +210,7 @@ def check_target(model: Path, device: DeviceProfile) -> str | None:
     return None
 
 
-def float_reference(model: Path) -> tuple[Path | None, str]:
+def recorded_float_model(model: Path) -> tuple[Path | None, str]:
     """The float ONNX the QDQ ``model`` was quantized from (see the module docstring), or
     None and why it is not known."""
     recorded = (read_metadata(model).get("quantization") or {}).get("float_onnx")
@@ -270,7 +270,7 @@ def _check(model: Path, ctx: Path, device: DeviceProfile, cfg: CompileConfig,
     check = npu_check(list(cpu), list(npu), described, HTP_SIMULATOR, classifier)
     if cfg.fp16:  # the CPU model is the float model: sqnr_db is already the NPU against float
         return replace(check, gate="not applicable: fp16 has no QDQ noise to compare with")
-    reference, why = float_reference(model)
+    reference, why = recorded_float_model(model)
     if reference is None:
         notices.append(f"the NPU gate did not run: {why}; the binary was compared with the CPU "
                        "QDQ model only")

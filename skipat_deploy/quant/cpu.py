@@ -46,7 +46,7 @@ from ..lazy import torch
 from ..metrics import Quality, quality
 from ..options import option
 from ..staging import staged
-from .quantize import DEFAULT_NUM_CALIB, QuantizeConfig, float_reference
+from .quantize import DEFAULT_NUM_CALIB, QuantizeConfig, quantization_samples
 
 CPU_INT8_OPS = ("MatMul", "Gemm", "Conv")
 
@@ -240,7 +240,7 @@ def quantize_cpu(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: CpuInt8Config
     encoding = encoding or cfg.encoding
     host = cpu_host()
     notices: list[str] = []
-    calib_set, eval_set, xc, xe, model, ref = float_reference(ckpt, cfg, notices, step)
+    calib_set, eval_set, xc, xe, model, ref = quantization_samples(ckpt, cfg, notices, step)
     res = cfg.resolution
     step("CPU INT8: rotating each head's values" + (" and the residual stream" if cfg.rotate else ""))
     from . import rotate  # as quantize's rewrite: the modules' torch decorators load torch

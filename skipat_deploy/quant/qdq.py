@@ -36,7 +36,7 @@ def power_of_two_step(step: float, levels: int = 255) -> float:
     return float(below if keeps_range else 2 * below)
 
 
-def power_of_two_softmax_steps(path: str | Path) -> int:
+def snap_softmax_steps_in_onnx(path: str | Path) -> int:
     """In place: the scale of each 8-bit QuantizeLinear on a Softmax output (and of the
     DequantizeLinear reading it) put on a power of two (:func:`power_of_two_step`).
     Returns how many were changed."""

@@ -225,7 +225,7 @@ def calibration_images(cfg, notices: list[str]):
     return calib, evaluation
 
 
-def float_reference(ckpt: LoadedCheckpoint, cfg, notices: list[str], step: Callable[[str], None]):
+def quantization_samples(ckpt: LoadedCheckpoint, cfg, notices: list[str], step: Callable[[str], None]):
     """What every quantizer starts from: the image sets of ``cfg`` (the files actually used),
     the calibration and evaluation samples at ``cfg.resolution``, the float PyTorch model and
     its outputs on the evaluation samples (the reference quality is measured against)."""
@@ -293,7 +293,7 @@ def quantize(
     t0 = time.perf_counter()
     device = cfg.check()
     notices: list[str] = []
-    calib_set, eval_set, xc, xe, model, ref = float_reference(ckpt, cfg, notices, step)
+    calib_set, eval_set, xc, xe, model, ref = quantization_samples(ckpt, cfg, notices, step)
     res = cfg.resolution
     classifier = ckpt.arch.num_classes > 0
 

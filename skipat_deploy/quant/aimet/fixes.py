@@ -10,7 +10,7 @@ from torch import nn
 from ...metrics import sqnr_db
 from ...models import layers as L
 from ..qdq import power_of_two_step
-from .sim import Source, input_sources, module_consumers
+from .sim import InputSource, input_sources, module_consumers
 
 # The QDQ export stores each bias as int32 with scale (input scale x weight scale), as the HTP
 # computes it. A weight channel whose scale is tiny next to its bias (an all-zero row of a
@@ -35,7 +35,7 @@ def _input_quantizer(mods: dict, name: str, srcs: list):
     return None
 
 
-def fit_weight_scales_to_biases(sim, sources: dict[str, list[Source | None]]) -> list[str]:
+def fit_weight_scales_to_biases(sim, sources: dict[str, list[InputSource | None]]) -> list[str]:
     """Raise per-channel weight scales whose int32 bias would saturate (see
     :data:`BIAS_INT32_LIMIT`); returns the modules changed."""
     mods = dict(sim.model.named_modules())
@@ -164,10 +164,10 @@ def fit_softmax_ranges(sim, pairs: dict[str, str], x: torch.Tensor) -> None:
         for sm, e in errors.items():
             hi = grids[sm][int(e.argmin())]
             mods[sm].output_quantizers[0].set_range(torch.tensor(0.0), torch.tensor(hi))
-    power_of_two_softmax_steps(sim)
+    snap_softmax_steps_in_sim(sim)
 
 
-def power_of_two_softmax_steps(sim) -> list[str]:
+def snap_softmax_steps_in_sim(sim) -> list[str]:
     """Put every 8-bit softmax output step on a power of two, as the HTP needs (those not
     fitted above; the fitted ones already are). Returns the softmaxes changed."""
     changed = []

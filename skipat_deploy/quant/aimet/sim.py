@@ -86,7 +86,7 @@ def swap_to_aimet(model: nn.Module) -> nn.Module:
 # Where each module input comes from (module, parameter or model input), read off torch.fx.
 
 @dataclass(frozen=True)
-class Source:
+class InputSource:
     kind: str  # "module", "param" or "input"
     name: str
 
@@ -101,20 +101,20 @@ class _Tracer(torch.fx.Tracer):
         return isinstance(m, (*L.ARITHMETIC_MODULES, L.Pointwise)) or super().is_leaf_module(m, qualname)
 
 
-def input_sources(model: nn.Module) -> dict[str, list[Source | None]]:
+def input_sources(model: nn.Module) -> dict[str, list[InputSource | None]]:
     """For every leaf module call: the source of each tensor argument, looking through views."""
     graph = _Tracer().trace(model)
 
-    def resolve(node) -> Source | None:
+    def resolve(node) -> InputSource | None:
         while True:
             if not isinstance(node, torch.fx.Node):
                 return None
             if node.op == "call_module":
-                return Source("module", node.target)
+                return InputSource("module", node.target)
             if node.op == "get_attr":
-                return Source("param", node.target)
+                return InputSource("param", node.target)
             if node.op == "placeholder":
-                return Source("input", node.target)
+                return InputSource("input", node.target)
             if node.op in ("call_method", "call_function") and (
                 node.op == "call_function" or node.target in _VIEW_METHODS
             ):
@@ -122,14 +122,14 @@ def input_sources(model: nn.Module) -> dict[str, list[Source | None]]:
                 continue
             return None
 
-    out: dict[str, list[Source | None]] = {}
+    out: dict[str, list[InputSource | None]] = {}
     for node in graph.nodes:
         if node.op == "call_module":
             out[node.target] = [resolve(a) for a in node.args]
     return out
 
 
-def module_consumers(sources: dict[str, list[Source | None]]) -> dict[str, list[str]]:
+def module_consumers(sources: dict[str, list[InputSource | None]]) -> dict[str, list[str]]:
     """The other way round: for every module, the modules that read its output."""
     consumers: dict[str, list[str]] = {}
     for name, srcs in sources.items():
