@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 import signal
 from pathlib import Path
@@ -12,6 +13,10 @@ from skipat_deploy.models.config import ArchConfig
 from skipat_deploy.models.registry import build_model, get_spec
 
 from .hub_fake.fixture import fake_hub  # noqa: F401  (a loopback AI Hub for the real client)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker: n workers on n cores, not n²
+    os.environ["OMP_NUM_THREADS"] = "1"  # and the commands the tests start
+    torch.set_num_threads(1)
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_micro"

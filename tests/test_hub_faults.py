@@ -166,6 +166,10 @@ def test_a_hub_that_does_not_answer_ends_in_one_line_in_bounded_time(tmp_path, q
     # the client's 28 s read timeout (a default argument), shortened to keep the test quick;
     # with the real one the same run ends in about 7 x 28 s
     monkeypatch.setattr(session.create_session, "__defaults__", (True, 0.2, "library"))
+    # the preflight's device query answers first; its real 15 s bound is test_hub_preflight's
+    from skipat_deploy.npu import hub as hub_mod
+
+    monkeypatch.setattr(hub_mod, "PREFLIGHT_READ_S", 0.5)
     try:
         t = time.perf_counter()
         res = CliRunner().invoke(app, ["profile", "--model", str(qdq), "--backend", "hub",
