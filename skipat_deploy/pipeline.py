@@ -164,7 +164,7 @@ def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path,
                            + f", on {eval_data.root} ({eval_data.layout})")
         result = cmp.CompareResult(backend, device.name, rows, {}, notices, made=made)
         if backend == "cpu":
-            result.host = cpu_host(cfg.threads or 1).to_json()
+            result.host = cpu_host(cmp.timing_threads(cfg)).to_json()
         result.seconds = time.perf_counter() - t0
         result.files = cmp.write_reports(result, stage.dir, out_dir)
     return result

@@ -127,9 +127,8 @@ def cpu_rows(models: dict[tuple[str, int], tuple[Path, Path]], archs: dict[str, 
     architecture name. Each pair is timed until its SkipAt/ViT interval is within
     ``cfg.ratio_target`` or ``cfg.budget_s`` runs out."""
     rows = []
-    threads = cfg.threads
-    if threads is None:
-        threads = 1
+    threads = timing_threads(cfg)
+    if cfg.threads is None:
         notices.append("compare pins ONNX Runtime to 1 thread: paired figures on a shared machine "
                        "are steadier that way (`profile` uses all cores; --threads N here to change)")
     for res in cfg.resolutions:
@@ -167,6 +166,12 @@ def cpu_rows(models: dict[tuple[str, int], tuple[Path, Path]], archs: dict[str, 
                    "skipat_deploy.quant.cpu); the paper's figures are the S22 NPU in INT8 and are "
                    "shown for reference, not as comparable numbers")
     return rows
+
+
+def timing_threads(cfg: CompareConfig) -> int:
+    """The threads ONNX Runtime times with: ``--threads``, else 1 (paired figures on a shared
+    machine are steadier that way)."""
+    return cfg.threads or 1
 
 
 def hub_rows(models: dict[tuple[str, int], Path], archs: dict[str, str], out_dir: Path,

@@ -107,7 +107,7 @@ class ProfileOutcome:
 
 
 def profile_cpu_models(models: list[Path], runs: int, warmup: int, threads: int | None,
-                       budget_s: float = 60.0) -> tuple[list[CpuLatency], Ratio | None]:
+                       budget_s: float) -> tuple[list[CpuLatency], Ratio | None]:
     """Time ``models`` side by side; with two, also the second over the first (paired), timed
     until its interval is within +-2 % or ``budget_s`` seconds have passed."""
     for m in models:

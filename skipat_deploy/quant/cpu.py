@@ -75,7 +75,7 @@ class CpuInt8Config:
 
     @property
     def encoding(self) -> CpuEncoding:
-        return CPU_ENCODINGS[CPU_ISAS[self.isa or "any"]]
+        return CPU_ENCODINGS[CPU_ISAS[self.isa or "any"]]  # None: the default, "any"
 
     @classmethod
     def like(cls, q: QuantizeConfig, isa: str | None = None) -> "CpuInt8Config":
@@ -183,14 +183,14 @@ def pair_safe_ranges(graph: onnx.GraphProto, keep: list[str]) -> dict[str, list[
 
 
 def _quantize_static(float_onnx: Path, out: Path, calib: np.ndarray, keep: list[str],
-                     encoding: CpuEncoding) -> None:
+                     encoding: CpuEncoding, weight_ranges: dict[str, list[dict]] | None) -> None:
+    """``weight_ranges``: per-channel weight ranges ONNX Runtime takes instead of its own
+    (:func:`pair_safe_ranges`)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
 
     types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
-    extra = {}
-    if encoding.pair_limit:
-        extra["TensorQuantOverrides"] = pair_safe_ranges(onnx.load(str(float_onnx)).graph, keep)
+    extra = {"TensorQuantOverrides": weight_ranges} if weight_ranges else {}
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -238,6 +238,7 @@ def quantize_cpu(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: CpuInt8Config
     t0 = time.perf_counter()
     cfg.check()
     encoding = encoding or cfg.encoding
+    isa = cfg.isa or "any"
     host = cpu_host()
     notices: list[str] = []
     calib_set, eval_set, xc, xe, model, ref = quantization_samples(ckpt, cfg, notices, step)
@@ -260,16 +261,17 @@ def quantize_cpu(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: CpuInt8Config
         tmp = stage.dir
         (float_res,) = export_onnx(ckpt, stage.scratch, ExportConfig(resolutions=(res,)), step,
                                    model=model)
-        graph = onnx.load(str(float_res.path), load_external_data=False).graph
+        graph = onnx.load(str(float_res.path)).graph  # the plan, and the weights' pair-safe ranges
         keep, quantized_ops, float_ops = cpu_int8_plan(graph)
         step(f"CPU INT8: onnxruntime.quantization ({sum(quantized_ops.values())} ops in 8 bit)")
         staged_model = tmp / final.name
-        _quantize_static(float_res.path, staged_model, xc, keep, encoding)
+        _quantize_static(float_res.path, staged_model, xc, keep, encoding,
+                         pair_safe_ranges(graph, keep) if encoding.pair_limit else None)
         meta = dict(float_res.metadata)
         meta["quantization"] = dict(precision="int8", target="cpu", backend="onnxruntime",
                                     quantized_ops=quantized_ops, float_ops=float_ops,
                                     rotated=cfg.rotate, calibration=calib_set.source,
-                                    cpu_isa=cfg.isa or "any", encoding=encoding.to_json())
+                                    cpu_isa=isa, encoding=encoding.to_json())
         proto = onnx.load(str(staged_model))
         del proto.metadata_props[:]
         proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True))
@@ -283,7 +285,7 @@ def quantize_cpu(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: CpuInt8Config
                                calib_set.source, eval_set.source, staged_model.stat().st_size,
                                notices=notices, calib_files=calib_set.files(),
                                eval_files=eval_set.files(), sha256=sha256_file(staged_model),
-                               cpu_isa=cfg.isa or "any", encoding=encoding.to_json(),
+                               cpu_isa=isa, encoding=encoding.to_json(),
                                host=host.to_json())
         result.seconds = time.perf_counter() - t0
         (tmp / report.name).write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")

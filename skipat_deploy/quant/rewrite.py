@@ -2,8 +2,9 @@
 
 :func:`prepare` returns a copy of the float model that computes the same function and is easier
 to quantize: LayerScale and LayerNorm affine folded (:mod:`.equalize`), with ``rotate`` the
-residual stream rotated (:mod:`.rotate`), the keys' bias dropped, q-k and v-proj equalized, qkv split so that q, k and v
-get encodings of their own, and with ``rotate`` each head's q, k and v rotated.
+residual stream rotated (:mod:`.rotate`), the keys' bias dropped, q-k and v-proj equalized,
+qkv split so that q, k and v get encodings of their own, and with ``rotate`` each head's q, k
+and v rotated.
 
 Every run proves that on the user's own weights (:func:`check_float_equivalent`): a rewrite
 that is exact in real arithmetic differs from the original only by rounding its new weights to
