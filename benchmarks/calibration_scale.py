@@ -39,8 +39,8 @@ def make_folder(root: Path, n: int) -> Path:
 
 def measure(folder: str, num_calib: int, num_eval: int, res: int) -> dict:
     """One run (in a fresh process): the stage ``quantize`` runs before any model."""
-    from skipat_deploy import calibration
-    from skipat_deploy.preprocess import Preprocess
+    from skipat_deploy.images import calibration
+    from skipat_deploy.images.preprocess import Preprocess
     from skipat_deploy.quant.quantize import QuantizeConfig, calibration_images
 
     import tracemalloc

@@ -31,11 +31,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from photos import photo_folders  # noqa: E402
 
-from skipat_deploy import api, calibration  # noqa: E402
+from skipat_deploy import api  # noqa: E402
+
+from skipat_deploy.images import calibration  # noqa: E402
 from skipat_deploy.export import ExportConfig, export_onnx, run_qdq_cpu  # noqa: E402
 from skipat_deploy.devices import cpu_host  # noqa: E402
 from skipat_deploy.measure.latency import interleaved, ratio_interval  # noqa: E402
-from skipat_deploy.metrics import sqnr_db  # noqa: E402
+from skipat_deploy.core.metrics import sqnr_db  # noqa: E402
 from skipat_deploy.devices import CPU_ENCODINGS  # noqa: E402
 from skipat_deploy.quant.cpu import CpuInt8Config, quantize_cpu, run_cpu  # noqa: E402
 

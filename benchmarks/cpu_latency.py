@@ -125,13 +125,13 @@ def peers(arch: str, res: int, tmp: Path, runs: int, threads: int) -> list[tuple
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from skipat_deploy.checkpoint import load_weights
+    from skipat_deploy.models.checkpoint import load_weights
     from skipat_deploy.models.registry import build_model
 
     ck = api.load(None, arch)
     (fp32,) = api.export(None, tmp / arch, resolutions=(res,), arch=arch)
     cpu = api.cpu_int8(None, tmp / arch, resolution=res, arch=arch, num_calib=16, num_eval=4)
-    npu = api.quantize(None, tmp / arch, resolution=res, precision="w8a8", backend="ort",
+    npu = api.quantize(None, tmp / arch, resolution=res, precision="w8a8", quant_backend="ort",
                        arch=arch, num_calib=8, num_eval=4).qdq_onnx
     dyn = tmp / arch / f"dynamic_{res}.onnx"
     quantize_dynamic(str(fp32.path), str(dyn), weight_type=QuantType.QInt8)

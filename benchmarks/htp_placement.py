@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from skipat_deploy import api
-from skipat_deploy.errors import UserError
+from skipat_deploy.core.errors import UserError
 
 ARCHS = ("vit_tiny_patch16", "skipat_tiny_patch16")
 
@@ -31,7 +31,7 @@ def main() -> None:
                 t = time.perf_counter()
                 try:
                     c = api.compile(ckpt=None, arch=arch, out_dir=a.out / f"{arch}_{res}_{precision}",
-                                    resolution=res, precision=precision, num_calib=16, num_check=1)
+                                    resolution=res, precision=precision, num_calib=16, npu_samples=1)
                     status = f"all nodes on the HTP; simulator vs CPU QDQ {c.check.sqnr_db:.1f} dB"
                 except UserError as e:
                     status = "FAILED: " + str(e).splitlines()[0]

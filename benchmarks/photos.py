@@ -1,11 +1,11 @@
 """Photo folders the benchmarks calibrate and evaluate on, made from the photos bundled with
-declared dependencies (skipat_deploy.calibration.bundled_photos)."""
+declared dependencies (skipat_deploy.images.calibration.bundled_photos)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from skipat_deploy import calibration
+from skipat_deploy.images import calibration
 
 
 def copy_into(folder: Path, photos) -> Path:

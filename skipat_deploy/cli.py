@@ -1,6 +1,6 @@
 """Command line: parses options, calls the Python API, shows the result. No logic of its own.
 
-Each option is declared once, as a field of its stage's config (:mod:`skipat_deploy.options`);
+Each option is declared once, as a field of its stage's config (:mod:`skipat_deploy.core.options`);
 the commands' parameters are generated from those fields (:mod:`skipat_deploy.params`) and
 what a command prints is :mod:`skipat_deploy.render`'s.
 """
@@ -13,16 +13,18 @@ from typing import Optional
 import typer
 
 from . import api, render
-from .checkpoint import LoadConfig
+from .commands import compare as compare_command, profile as profile_command
+from .commands.bundle import BundleConfig
+from .models.checkpoint import LoadConfig
 from .export import ExportConfig
 from .measure.compare import CompareConfig
 from .measure.evaluate import EvaluateConfig
 from .measure.inspect import InspectConfig
 from .measure.predict import PredictConfig
 from .measure.profile import ProfileConfig
-from .npu.compile import CompileConfig
+from .models.checkpoint import LoadConfig
+from .npu.config import CompileConfig
 from .params import F, Input, command, out
-from .pipeline import BundleConfig
 from .quant import QuantizeConfig
 from .quant.cpu import CpuInt8Config
 
@@ -53,6 +55,9 @@ ARCH = F(LoadConfig, "arch skip_indices head_dim")
 SAFETY = F(LoadConfig, "allow_code_execution")
 PREPROCESS = F(LoadConfig, "mean std crop_pct interpolation")
 LOAD_REST = (ARCH, SAFETY, PREPROCESS)
+# What every command that quantizes takes of the quantizer's options (QuantizeConfig's fields:
+# one declaration, the same flag, help and meaning in every command).
+QUANTIZER = "precision quant_backend calib_dir num_calib"
 
 
 @command(app, "export", [CKPT, F(ExportConfig, "resolutions"), out(api.export, "Artifact folder."),
@@ -77,15 +82,13 @@ def quantize(run, a):
     (render.show_cpu_int8 if cfg.target == "cpu" else render.show_quantized)(run, r)
 
 
-WITH_CKPT = F(QuantizeConfig, "resolution precision backend calib_dir num_calib", prefix="With --ckpt: ",
-              flags={"backend": "--quant-backend"},
-              help={"precision": "With --ckpt: w8a8, w8a16 or mixed (quantized), or fp16 (the float model in float16 on the HTP, on targets that can). With --model: fp16 for a float .onnx."})
+WITH_CKPT = F(QuantizeConfig, "resolution " + QUANTIZER, prefix="With --ckpt: ")
 
 
 @command(app, "compile", [
     Input("model", Optional[list[Path]], "QDQ ONNX from `skipat-deploy quantize` (for --backend hub also a .aimet folder). Repeat with --share-weights.", "--model", None),
     F(CompileConfig, "share_weights"), CKPT,
-    F(CompileConfig, "device backend target_runtime qairt_version num_check hub_timeout_s"),
+    F(CompileConfig, "device backend fp16 target_runtime qairt_version npu_samples hub_timeout_s"),
     WITH_CKPT, out(api.compile, "Artifact folder."), *LOAD_REST], run_command)
 def compile_(run, a):
     """Compile for the phone's NPU: a QNN context binary (.bin) for its SoC, checked on the HTP
@@ -101,7 +104,8 @@ def compile_(run, a):
 
 @command(app, "profile", [
     Input("model", Optional[Path], "ONNX to profile (hub: a QDQ ONNX).", "--model", None), CKPT,
-    ProfileConfig, out(api.profile, "Results folder (run records, raw profiles)."),
+    ProfileConfig, F(QuantizeConfig, QUANTIZER, prefix="With --ckpt: ", base=profile_command.QUANTIZE),
+    out(api.profile, "Results folder (run records, raw profiles)."),
     *LOAD_REST], run_command)
 def profile(run, a):
     """Latency of one model on the phone's NPU (AI Hub) or on this machine's CPU."""
@@ -109,14 +113,15 @@ def profile(run, a):
     if a.model is None:
         render.notice_fresh(run, load, "profiling")
     with run.progress(total=30) as step:
-        r = api.profile(a.model, a.out, a[ProfileConfig], load, step=step)
+        r = api.profile(a.model, a.out, a[ProfileConfig], load, step=step, quantize=a[QuantizeConfig])
     render.show_profile(run, r)
 
 
 @command(app, "compare", [
     Input("vit", Optional[Path], "ViT checkpoint (default: freshly initialised ViT-T/16).", "--vit", None),
     Input("skipat", Optional[Path], "SkipAt checkpoint (default: freshly initialised SkipAt-T/16).", "--skipat", None),
-    CompareConfig, out(api.compare, "Where compare.md / .json / .csv / .png go."),
+    CompareConfig, F(QuantizeConfig, QUANTIZER, base=compare_command.QUANTIZE),
+    out(api.compare, "Where compare.md / .json / .csv / .png go."),
     F(LoadConfig, "skip_indices head_dim", help={
         "skip_indices": "The SkipAt model's blocks replaced by Φ, 0-based (checkpoints do not store them; default 3,4,5,6,7,8).",
         "head_dim": "Attention head dim of both models (heads are not stored in weights)."}),
@@ -129,7 +134,7 @@ def compare(run, a):
             run.notice(f"no checkpoint for {fam}: using freshly initialised official "
                        "architecture (latency does not depend on the weight values)")
     with run.progress(total=8 * len(cfg.resolutions) + 4) as step:
-        r = api.compare(a.vit, a.skipat, a.out, cfg, load, step)
+        r = api.compare(a.vit, a.skipat, a.out, cfg, load, step, quantize=a[QuantizeConfig])
     render.show_compare(run, r)
 
 
@@ -137,26 +142,27 @@ def compare(run, a):
     Input("data", Path, "Labelled images: class folders (n01440764/ or 243/), an ImageNet val folder with its ground-truth file, or any folder with --labels.", "--data"),
     F(LoadConfig, "ckpt", help={"ckpt": "Trained classifier checkpoint (targets torch, onnx, qdq, npu, device)."}),
     Input("model", Optional[Path], "An exported .onnx (target onnx) or .qdq.onnx (qdq, npu, device) instead of --ckpt.", "--model", None),
-    Input("labels", Optional[Path], "CSV of path,label (label: class index or WordNet ID), or a text file of 'filename label' lines.", "--labels", None),
-    F(EvaluateConfig, "targets resolution precision quant_backend calib_dir device num_samples seed npu_max_samples samples_per_job max_top1_drop hub_timeout_s"),
+    F(EvaluateConfig, "labels targets resolution device num_samples seed npu_samples samples_per_job max_top1_drop hub_timeout_s"),
+    F(QuantizeConfig, QUANTIZER, prefix="INT8 targets from --ckpt: "),
     out(api.evaluate, "Artifact and report folder."), *LOAD_REST], run_command)
 def evaluate(run, a):
     """Top-1 / top-5 on a labelled dataset: float against INT8 on the CPU, the NPU and the phone,
     with 95 % confidence intervals. Exit 4 when --max-top1-drop is exceeded."""
     with run.progress(total=60) as step:
-        r = api.evaluate(a.data, a.model, a.labels, a.out, a[EvaluateConfig], a[LoadConfig], step)
+        r = api.evaluate(a.data, a.model, a.out, a[EvaluateConfig], a[LoadConfig], step,
+                         quantize=a[QuantizeConfig])
     render.show_evaluate(run, r)
 
 
-@command(app, "bundle", [CKPT, BundleConfig, out(api.bundle, "Where the bundle folders go."), *LOAD_REST],
-         run_command)
+@command(app, "bundle", [CKPT, BundleConfig, F(QuantizeConfig, QUANTIZER),
+                         out(api.bundle, "Where the bundle folders go."), *LOAD_REST], run_command)
 def bundle(run, a):
     """Build an app bundle: float + QDQ ONNX, .aimet, QNN context binaries per device, labels,
     manifest.json with the I/O contract, checksums, versions and measured figures."""
     cfg, load = a[BundleConfig], a[LoadConfig].check()
     render.notice_fresh(run, load, "bundling")
     with run.progress(total=40 * len(cfg.resolutions)) as step:
-        r = api.bundle(None, a.out, cfg, load, step)
+        r = api.bundle(None, a.out, cfg, load, step, quantize=a[QuantizeConfig])
     render.show_bundle(run, r)
 
 

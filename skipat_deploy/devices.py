@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from .errors import UserError
+from .core.errors import UserError
 
 DEFAULT_DEVICE = "Galaxy S22"
 
 
 def device_option(help: str = "Target phone, by name or alias (`skipat-deploy devices`).", **facts):
     """The --device option, declared once for every config that targets one phone."""
-    from .options import option
+    from .core.options import option
 
     return option(DEFAULT_DEVICE, help, **facts)
 
@@ -133,9 +133,10 @@ def check_precision(device: DeviceProfile, precision: str) -> None:
     missing = unsupported(device, precision)
     if not missing:
         return
-    can = [p for p in PRECISIONS if not unsupported(device, p)]
+    can = [p for p in PRECISIONS if p != "fp16" and not unsupported(device, p)]
+    asked = "--fp16" if precision == "fp16" else f"--precision {precision}"
     raise UserError(
-        f"{device.name} ({device.soc}, Hexagon {device.hexagon}) cannot run --precision {precision}: "
+        f"{device.name} ({device.soc}, Hexagon {device.hexagon}) cannot run {asked}: "
         f"its HTP refuses {', '.join(missing)} (QNN validation on the HTP simulator, "
         f"profiles/htp_capabilities.json); use --precision {' or '.join(can)}")
 

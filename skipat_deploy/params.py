@@ -1,5 +1,5 @@
 """The command line's parameters, generated from the configs' option fields
-(:mod:`skipat_deploy.options`): each option's flag, type, default and help come from its field,
+(:mod:`skipat_deploy.core.options`): each option's flag, type, default and help come from its field,
 so the CLI states none of them again. Typer reads a command's parameters from its signature
 (``inspect.signature(func, eval_str=True)``, ``typing.get_type_hints(func)``): the generated
 function carries ``__signature__`` and ``__annotations__``.
@@ -7,6 +7,7 @@ function carries ``__signature__`` and ``__annotations__``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import types
 import typing
@@ -17,20 +18,21 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import declared, flag as flag_of, parse_value
+from .core.options import declared, flag as flag_of, parse_value
 
 
 @dataclass(frozen=True)
 class Fields:
     """Options of config ``cls``: ``names`` (None: all it declares, in field order); ``help``:
-    field -> this command's wording; ``flags``: field -> this command's flag; ``prefix``: put
-    before each help text (``With --ckpt: ``)."""
+    field -> this command's wording; ``prefix``: put before each help text (``With --ckpt: ``);
+    ``base``: the command's default config where it differs from the declared defaults (one
+    place, in the command's module: ``commands.profile.QUANTIZE``)."""
 
     cls: type
     names: tuple[str, ...] | None = None
     help: dict[str, str] = field(default_factory=dict)
-    flags: dict[str, str] = field(default_factory=dict)
     prefix: str = ""
+    base: Any = None
 
 
 def F(cls: type, names: str | None = None, **kw) -> Fields:
@@ -79,6 +81,8 @@ class Param:
     field: str | None = None
     opt: Any = None
     flag: str | None = None
+    base: Any = None  # the config the command starts from (None: the declared defaults)
+    renamed: bool = False  # the option's old flag, still accepted (with a notice)
 
 
 def params(items) -> list[Param]:
@@ -94,14 +98,22 @@ def params(items) -> list[Param]:
         decl = {f.name: (f, o, t) for f, o, t in declared(item.cls)}
         for name in item.names or decl:
             f, opt, t = decl[name]
-            flag = item.flags.get(name) or opt.flag or flag_of(f)
+            flag = opt.flag or flag_of(f)
             if t in (bool, Optional[bool], bool | None) and "/" not in flag and not opt.flag:
                 flag = f"{flag}/--no-{flag[2:]}"
             help = item.help.get(name) or item.prefix + (opt.help[0].lower() + opt.help[1:] if item.prefix else opt.help)
             info = typer.Option(flag, help=help, metavar=opt.metavar, show_default=opt.show_default)
-            default = None if opt.parse else list(f.default) if opt.repeat else f.default
+            value = getattr(item.base, name) if item.base is not None else f.default
+            default = None if opt.parse else list(value) if opt.repeat else value
             out.append(Param(f"{item.cls.__name__.lower()}__{name}", Annotated[_cli_type(opt, t), info],
-                             default, item.cls, name, opt, flag.split("/")[0]))
+                             default, item.cls, name, opt, flag.split("/")[0], item.base))
+    taken = {p.flag for p in out if p.flag}
+    for p in list(out):  # renamed flags: the old spelling, hidden, where no other option has it
+        old = p.opt.old_flag if p.opt is not None else None
+        if old and old not in taken:
+            info = typer.Option(old, hidden=True)
+            out.append(Param(p.name + "__old", Annotated[Optional[_cli_type(p.opt, typing.get_type_hints(p.cls)[p.field])], info],
+                             None, p.cls, p.field, p.opt, old, p.base, renamed=True))
     return out
 
 
@@ -110,18 +122,27 @@ class Args:
 
     def __init__(self, ps: list[Param], values: dict[str, Any]):
         given: dict[type, dict] = {}
+        bases: dict[type, Any] = {}
+        self.notices: list[str] = []  # renamed flags that were used
         for p in ps:
             v = values[p.name]
             if p.cls is None:
                 setattr(self, p.name, v)
                 continue
             given.setdefault(p.cls, {})
-            if p.opt.parse is not None:
+            bases[p.cls] = p.base
+            if p.renamed:
+                if v is not None:
+                    given[p.cls][p.field] = parse_value(p.opt, v, p.flag) if p.opt.parse else v
+                    new = next(q.flag for q in ps if q.cls is p.cls and q.field == p.field and not q.renamed)
+                    self.notices.append(f"{p.flag} is now {new}; the old spelling still works")
+            elif p.opt.parse is not None:
                 if v is not None:
                     given[p.cls][p.field] = parse_value(p.opt, v, p.flag)
-            else:
+            elif p.field not in given[p.cls]:  # the renamed flag (later in ps) wins over a default
                 given[p.cls][p.field] = tuple(v) if p.opt.repeat else v
-        self._configs = {cls: cls(**kw) for cls, kw in given.items()}
+        self._configs = {cls: (dataclasses.replace(bases[cls], **kw) if bases[cls] is not None else cls(**kw))
+                         for cls, kw in given.items()}
 
     def __getitem__(self, cls: type):
         return self._configs[cls]
@@ -136,7 +157,13 @@ def command(app: typer.Typer, name: str, items, run_command: Callable, *, staged
         def cmd(**values):
             as_json, debug = values.pop("as_json"), values.pop("debug")
             where = values.get("out") if staged else None
-            run_command(name, as_json, debug, lambda run: fn(run, Args(ps[:-2], values)), where)
+            def body(run):
+                args = Args([p for p in ps if p.name not in ("as_json", "debug")], values)
+                for n in args.notices:
+                    run.notice(n)
+                return fn(run, args)
+
+            run_command(name, as_json, debug, body, where)
 
         cmd.__signature__ = inspect.Signature([
             inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default,

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import UserError
+from .core.errors import UserError
 from .devices import CpuHost
 
 err = Console(stderr=True)
@@ -91,11 +91,11 @@ EXITS_AFTER_COMMAND = {"yes": False}
 def guarded(run: Run, body: Callable[[], None], out: Path | None = None) -> None:
     """User errors: one line, exit 2. Bugs: one line (traceback with --debug), exit 1. Ctrl-C
     and SIGTERM: one line, exit 130 / 143. With ``out`` (the folder the command writes), the
-    whole command is one staged transaction (:mod:`skipat_deploy.staging`): its files appear
+    whole command is one staged transaction (:mod:`skipat_deploy.core.staging`): its files appear
     there together when it succeeds, and on any failure or interruption ``out`` is left as it
     was."""
-    from .errors import Terminated
-    from .staging import hold_interrupts, interrupts_as_exceptions, staged
+    from .core.errors import Terminated
+    from .core.staging import hold_interrupts, interrupts_as_exceptions, staged
 
     with interrupts_as_exceptions(then_ignore=EXITS_AFTER_COMMAND["yes"]):
         try:
@@ -179,7 +179,7 @@ def _print_fitted(columns: list[tuple[str, bool]], rows: list[list[str]]) -> Non
 
 
 def artifact(kind: str, path: Path) -> dict:
-    from .files import sha256_file
+    from .core.files import sha256_file
 
     path = Path(path)
     if path.is_file():
@@ -197,7 +197,7 @@ def show_compiled(run: Run, r) -> None:
     for kind, path in r.files().items():  # the artifacts, then the record
         run.artifacts.append(artifact(kind, path))
     if r.check is not None:
-        from .npu.compile import CPU_QDQ_VS_FLOAT
+        from .npu.config import CPU_QDQ_VS_FLOAT
 
         c = r.check
         binary = str(r.artifacts.get("context_binary", r.model))

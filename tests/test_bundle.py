@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from skipat_deploy import api
 from skipat_deploy.bundle import BundleError, manifest_schema
 from skipat_deploy.cli import app
-from skipat_deploy.files import sha256_file
+from skipat_deploy.core.files import sha256_file
 
 pytest.importorskip("onnxruntime_qnn")
 
@@ -341,16 +341,16 @@ def test_schema_path_pattern_refuses_paths_leading_out(built):
 def test_bundle_quantizes_once_per_hexagon_version(tmp_path, nano_ckpts, monkeypatch):
     """The S22 and the XR2 Gen 2 (QCS8450) are v69, the S24 v75: two QDQ models, each binary
     compiled from the one of its version."""
-    from skipat_deploy import pipeline
+    from skipat_deploy.commands import bundle as command
 
     versions = []
-    real = pipeline.quantize
+    real = command.quantize
 
     def counted(ckpt, out_dir, cfg, step):
         versions.append(cfg.device)
         return real(ckpt, out_dir, cfg, step)
 
-    monkeypatch.setattr(pipeline, "quantize", counted)
+    monkeypatch.setattr(command, "quantize", counted)
     r = api.bundle(nano_ckpts["vit_nano_patch16"], tmp_path,
                    devices=("Galaxy S22", "Galaxy S24", "QCS8450"), precision="w8a8",
                    quant_backend="ort", num_calib=8)
@@ -369,7 +369,7 @@ def test_bundle_quantizes_once_per_hexagon_version(tmp_path, nano_ckpts, monkeyp
 
 
 def test_bundle_bad_input_leaves_nothing(tmp_path, nano_ckpts):
-    from skipat_deploy.errors import UserError
+    from skipat_deploy.core.errors import UserError
 
     with pytest.raises(UserError, match="unknown device"):
         api.bundle(nano_ckpts["vit_nano_patch16"], tmp_path, devices=("Galaxy S99",))

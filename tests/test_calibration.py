@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skipat_deploy import calibration
-from skipat_deploy.errors import UserError
-from skipat_deploy.preprocess import Preprocess
+from skipat_deploy.images import calibration
+from skipat_deploy.core.errors import UserError
+from skipat_deploy.images.preprocess import Preprocess
 from skipat_deploy.quant.quantize import QuantizeConfig, calibration_images
 
 CLASSES = 10

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from skipat_deploy.checkpoint import infer_arch, load_checkpoint, read_state_dict
-from skipat_deploy.errors import ArchitectureError, CheckpointError, UnsafeCheckpointError
+from skipat_deploy.models.checkpoint import infer_arch, load_checkpoint, read_state_dict
+from skipat_deploy.core.errors import ArchitectureError, CheckpointError, UnsafeCheckpointError
 
 from .conftest import random_state_dict
 

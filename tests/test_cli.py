@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from skipat_deploy.cli import app
-from skipat_deploy.files import sha256_file
-from skipat_deploy.imagenet import imagenet_classes
+from skipat_deploy.core.files import sha256_file
+from skipat_deploy.images.imagenet import imagenet_classes
 
 from .conftest import onnx_files, random_state_dict
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from skipat_deploy import api
 from skipat_deploy.cli import app
 from skipat_deploy.npu.compile import CompileConfig, compile_local
-from skipat_deploy.errors import UserError
+from skipat_deploy.core.errors import UserError
 
 pytest.importorskip("onnxruntime_qnn")
 
@@ -82,7 +82,7 @@ def test_local_compile_writes_a_context_binary_that_runs_on_the_htp(tmp_path, qd
 def test_aimet_w8a8_binary_passes_the_npu_gate_against_float(tmp_path, nano_ckpts):
     """The NPU (HTP simulator), the CPU QDQ model and the float model on the same held-out
     photos: the NPU's noise against float is within double the CPU QDQ model's."""
-    from skipat_deploy.quant.quantize import QDQ_EXCESS_NOISE_DB
+    from skipat_deploy.core.metrics import QDQ_EXCESS_NOISE_DB
 
     q = api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path, precision="w8a8", **FAST)
     r = compile_local(q.qdq_onnx, tmp_path / "out", CompileConfig(device="Galaxy S22"))
@@ -114,7 +114,7 @@ def test_a_broken_npu_output_is_refused_and_nothing_is_written(tmp_path, qdq, mo
 
 def test_models_for_two_targets_live_side_by_side(qdq_for):
     from skipat_deploy.export import read_metadata
-    from skipat_deploy.files import sha256_file
+    from skipat_deploy.core.files import sha256_file
 
     s22, s24 = qdq_for("Galaxy S22"), qdq_for("Galaxy S24")
     assert s22.parent == s24.parent and s22.is_file() and s24.is_file()
@@ -145,7 +145,7 @@ def test_a_foreign_qdq_model_compiles_with_notices(tmp_path, qdq):
     del m.metadata_props[:]
     foreign = tmp_path / "foreign.onnx"
     onnx.save(m, str(foreign))
-    r = compile_local(foreign, tmp_path / "out", CompileConfig(device="Galaxy S22", num_check=1))
+    r = compile_local(foreign, tmp_path / "out", CompileConfig(device="Galaxy S22", npu_samples=1))
     target, gate = r.notices
     assert "does not say which Hexagon version" in target and "Galaxy S22 (Hexagon v69)" in target
     assert gate.startswith("the NPU gate did not run: foreign.onnx does not name the float model")
@@ -186,9 +186,9 @@ def test_a_node_the_npu_cannot_run_is_named_and_nothing_is_written(tmp_path):
 
 @pytest.mark.parametrize("kwargs, msg", [
     (dict(device="Galaxy S99"), "unknown device"),
-    (dict(backend="cloud"), "unknown --backend"),
+    (dict(backend="cloud"), "--backend 'cloud': choose one of local, hub"),
     (dict(target_runtime="tflite"), "needs --backend hub"),
-    (dict(target_runtime="coreml", backend="hub"), "unknown --target-runtime"),
+    (dict(target_runtime="coreml", backend="hub"), "--target-runtime 'coreml': choose one of"),
 ])
 def test_bad_options(tmp_path, qdq, kwargs, msg):
     with pytest.raises(UserError, match=msg):
@@ -374,7 +374,7 @@ def test_hub_takes_the_aimet_folder(tmp_path, qdq, hub):
     ("Galaxy S25", "SM8750", "v79"), ("Galaxy S26", "SM8850", "v81")])
 def test_local_compile_for_every_hexagon_version(tmp_path, qdq_for, device, soc, hexagon):
     # at 112 px: what differs between Hexagon versions is the ops and their precisions, not the grid
-    r = compile_local(qdq_for(device, 112), tmp_path, CompileConfig(device=device, num_check=1))
+    r = compile_local(qdq_for(device, 112), tmp_path, CompileConfig(device=device, npu_samples=1))
     assert (r.soc, r.hexagon) == (soc, hexagon) and r.artifacts["context_binary"].stat().st_size > 0
     assert soc.lower() in r.artifacts["context_binary"].name
     assert r.check.num_samples == 1 and r.check.gate == "passed"
@@ -382,10 +382,10 @@ def test_local_compile_for_every_hexagon_version(tmp_path, qdq_for, device, soc,
 
 def test_fp16_compiles_a_float_model_where_the_htp_can(tmp_path, nano_ckpts):
     r = api.compile(ckpt=nano_ckpts["vit_nano_patch16"], out_dir=tmp_path, device="Galaxy S24",
-                    precision="fp16", num_check=1)
+                    precision="fp16", npu_samples=1)
     assert ".fp16." in r.artifacts["context_binary"].name and r.check.sqnr_db > 30
     out = tmp_path / "rb3"
-    with pytest.raises(UserError, match="QCS6490.*cannot run --precision fp16.*w8a16"):
+    with pytest.raises(UserError, match="QCS6490.*cannot run --fp16.*w8a16"):
         api.compile(ckpt=nano_ckpts["vit_nano_patch16"], out_dir=out, device="RB3 Gen 2",
                     precision="fp16")
     assert not out.exists()
@@ -395,7 +395,7 @@ def test_weight_shared_binary_for_two_resolutions(tmp_path, nano_ckpts):
     ck = nano_ckpts["skipat_nano_patch16"]
     q = [api.quantize(ck, tmp_path / "q", resolution=r, precision="w8a8", backend="ort",
                       device="Galaxy S24", **FAST).qdq_onnx for r in (112, 224)]
-    shared = api.compile_shared(q, tmp_path / "shared", device="Galaxy S24", num_check=1)
+    shared = api.compile_shared(q, tmp_path / "shared", device="Galaxy S24", npu_samples=1)
     assert len(shared) == 2 and shared[0].artifacts["context_binary"] == shared[1].artifacts["context_binary"]
     assert all(r.check.num_samples == 1 and "on its own" in r.check.runs_on for r in shared)
     assert all(r.check.gate == "passed" for r in shared)
@@ -404,7 +404,7 @@ def test_weight_shared_binary_for_two_resolutions(tmp_path, nano_ckpts):
         (node,) = onnx.load(str(r.artifacts["context_onnx"])).graph.node
         attrs = {a.name: a for a in node.attribute}
         assert attrs["ep_cache_context"].s.decode() == binary.name
-    separate = [compile_local(m, tmp_path / "sep", CompileConfig(device="Galaxy S24", num_check=1))
+    separate = [compile_local(m, tmp_path / "sep", CompileConfig(device="Galaxy S24", npu_samples=1))
                 for m in q]
     total = sum(r.artifacts["context_binary"].stat().st_size for r in separate)
     assert binary.stat().st_size < 0.85 * total

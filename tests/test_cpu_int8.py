@@ -125,7 +125,7 @@ def test_the_default_cpu_int8_model_cannot_saturate_on_any_cpu(tmp_path, nano_ck
     # float rounding (a code flipped here and there): far below the model's own quantization
     # noise. Saturation costs more than that noise (DINOv2 on x86 without VNNI: 12.5 dB
     # against 26.4 exact).
-    from skipat_deploy.metrics import sqnr_db
+    from skipat_deploy.core.metrics import sqnr_db
 
     x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
     exact, kernels = run_qdq_cpu(r.path, x), run_cpu(r.path, x)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from skipat_deploy.cli import app
 from skipat_deploy.devices import check_precision, htp_capabilities, load_profiles, resolve_device, unsupported
-from skipat_deploy.errors import UserError
+from skipat_deploy.core.errors import UserError
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_aimet_has_a_config_for_every_hexagon_version():
 
 def test_a_precision_the_htp_refuses_is_refused_naming_the_alternative():
     rb3, s24 = resolve_device("qcs6490"), resolve_device("Galaxy S24")
-    with pytest.raises(UserError, match=r"QCS6490.*cannot run --precision fp16.*use --precision w8a16"):
+    with pytest.raises(UserError, match=r"QCS6490.*cannot run --fp16.*use --precision w8a16"):
         check_precision(rb3, "fp16")
     for precision in ("w8a16", "w8a8", "mixed", "fp16"):
         check_precision(s24, precision)

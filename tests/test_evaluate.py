@@ -14,14 +14,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from skipat_deploy import api
-from skipat_deploy.checkpoint import load_checkpoint, load_weights
+from skipat_deploy.models.checkpoint import load_checkpoint, load_weights
 from skipat_deploy.cli import app
-from skipat_deploy.errors import UserError
-from skipat_deploy.imagenet import imagenet_synsets
+from skipat_deploy.core.errors import UserError
+from skipat_deploy.images.imagenet import imagenet_synsets
 from skipat_deploy.measure import evaluate as ev
 from skipat_deploy.measure.dataset import DatasetError, load_dataset, stratified_subset
 from skipat_deploy.models.registry import build_model
-from skipat_deploy.preprocess import load_image
+from skipat_deploy.images.preprocess import load_image
 
 from .conftest import default_signals
 
@@ -224,7 +224,7 @@ def test_evaluate_matches_an_independent_count(tmp_path, labelled):
     assert onnx_t.top1 == pytest.approx(np.mean([pr.top[0].index == t for pr, t in zip(preds, truth)]))
     assert onnx_t.top5 == pytest.approx(np.mean([t in [c.index for c in pr.top] for pr, t in zip(preds, truth)]))
     from skipat_deploy.export import run_qdq_cpu
-    from skipat_deploy.preprocess import Preprocess
+    from skipat_deploy.images.preprocess import Preprocess
     from skipat_deploy.export import read_metadata
 
     pp = Preprocess.from_dict(read_metadata(qdq_t.model)["preprocess"])

@@ -9,9 +9,10 @@ import onnx
 import pytest
 
 from skipat_deploy.export import onnx_export as export_mod
-from skipat_deploy.checkpoint import load_checkpoint
-from skipat_deploy.errors import ExportValidationError, ResolutionError
-from skipat_deploy.export import ExportConfig, export_onnx, fresh_checkpoint, read_metadata
+from skipat_deploy.models.checkpoint import load_checkpoint
+from skipat_deploy.core.errors import ExportValidationError, ResolutionError
+from skipat_deploy.export import ExportConfig, export_onnx, read_metadata
+from skipat_deploy.models.checkpoint import fresh_checkpoint
 from skipat_deploy.export import cpu_session, validate_onnx
 
 from .conftest import onnx_files

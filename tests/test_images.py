@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skipat_deploy import calibration
-from skipat_deploy.errors import UserError
-from skipat_deploy.preprocess import Preprocess, open_rgb
+from skipat_deploy.images import calibration
+from skipat_deploy.core.errors import UserError
+from skipat_deploy.images.preprocess import Preprocess, open_rgb
 
 
 def _photo(w=64, h=48) -> Image.Image:

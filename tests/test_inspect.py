@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from skipat_deploy import api
 from skipat_deploy.cli import app
-from skipat_deploy.errors import UserError
+from skipat_deploy.core.errors import UserError
 from skipat_deploy.measure import inspect as insp
 from skipat_deploy.measure.inspect import InspectConfig
-from skipat_deploy.quant.quantize import noise_more_than_doubled
+from skipat_deploy.core.metrics import noise_more_than_doubled
 
 HAS_QNN = importlib.util.find_spec("onnxruntime_qnn") is not None
 FAST = dict(num_calib=8, num_eval=4, backend="ort")
@@ -259,7 +259,7 @@ def test_a_model_the_npu_refuses_gets_a_notice_not_a_figure():
 
 
 def test_images_from_a_folder_are_preprocessed_as_the_model_says(tmp_path, made):
-    from skipat_deploy import calibration
+    from skipat_deploy.images import calibration
 
     photos = tmp_path / "photos"
     photos.mkdir()

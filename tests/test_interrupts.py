@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from skipat_deploy.files import sha256_file
-from skipat_deploy.staging import STAGE_PREFIX
+from skipat_deploy.core.files import sha256_file
+from skipat_deploy.core.staging import STAGE_PREFIX
 
 from .conftest import default_signals
 
@@ -42,11 +42,18 @@ def start(out: Path, *args) -> subprocess.Popen:
 def when(proc: subprocess.Popen, out: Path, pattern: str, timeout: float = 240) -> float:
     """Wait until a path matching ``pattern`` (under ``out``) exists; returns the time waited."""
     t0 = time.monotonic()
-    while not any(out.glob(pattern)):
+    while not _exists(out, pattern):
         assert proc.poll() is None, f"ended before {pattern} appeared: {proc.communicate()}"
         assert time.monotonic() - t0 < timeout, f"{pattern} did not appear"
         time.sleep(0.02)
     return time.monotonic() - t0
+
+
+def _exists(out: Path, pattern: str) -> bool:
+    try:
+        return any(out.glob(pattern))
+    except FileNotFoundError:  # a stage folder removed while the glob walked it: look again
+        return False
 
 
 def interrupted(proc: subprocess.Popen, sig: int, out: Path, before: dict, what: str) -> bool:

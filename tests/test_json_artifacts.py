@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from skipat_deploy import api
 from skipat_deploy.cli import app
-from skipat_deploy.files import sha256_file
+from skipat_deploy.core.files import sha256_file
 
 FAST_QUANT = ["--precision", "w8a8", "--quant-backend", "ort", "--num-calib", "8"]
 

@@ -29,7 +29,7 @@ def test_the_import_contracts_hold():
     pytest.importorskip("importlinter")
     r = lint_imports()
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "3 kept, 0 broken" in r.stdout
+    assert "5 kept, 0 broken" in r.stdout
 
 
 def test_an_import_that_runs_back_up_breaks_the_contract(tmp_path):
@@ -37,10 +37,28 @@ def test_an_import_that_runs_back_up_breaks_the_contract(tmp_path):
     copy = tmp_path / "skipat_deploy"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     report = copy / "quant" / "report.py"
-    report.write_text(report.read_text() + "\nfrom ..pipeline import bundle  # noqa: E402\n")
+    report.write_text(report.read_text() + "\nfrom ..commands.bundle import bundle  # noqa: E402\n")
     r = lint_imports(tmp_path)
     assert r.returncode != 0
-    assert "skipat_deploy.quant.report -> skipat_deploy.pipeline" in r.stdout, r.stdout
+    assert "skipat_deploy.quant.report -> skipat_deploy.commands.bundle" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("module,line,broken", [
+    ("measure/evaluate.py", "from ..quant import quantize", "skipat_deploy.measure.evaluate -> skipat_deploy.quant"),
+    ("bundle/manifest.py", "from ..npu.compile import compile_local", "skipat_deploy.bundle.manifest -> skipat_deploy.npu.compile"),
+    ("npu/qnn.py", "from ..quant.cpu import quantize_cpu", "skipat_deploy.npu.qnn -> skipat_deploy.quant.cpu"),
+])
+def test_a_stage_that_runs_another_breaks_the_contract(tmp_path, module, line, broken):
+    """Only a command chains stages: a measurement or the bundle that quantizes or compiles,
+    or a compiler that quantizes, is refused by lint-imports."""
+    pytest.importorskip("importlinter")
+    copy = tmp_path / "skipat_deploy"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    path = copy / module
+    path.write_text(path.read_text() + f"\n{line}  # noqa: E402\n")
+    r = lint_imports(tmp_path)
+    assert r.returncode != 0
+    assert broken in r.stdout, r.stdout
 
 
 def test_no_module_imports_itself_back():

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.fx
 
-from skipat_deploy.checkpoint import load_checkpoint, load_weights
-from skipat_deploy.errors import ArchitectureError
+from skipat_deploy.models.checkpoint import load_checkpoint, load_weights
+from skipat_deploy.core.errors import ArchitectureError
 from skipat_deploy.models.config import SKIPAT, VIT, ArchConfig
 from skipat_deploy.models.layers import ARITHMETIC_MODULES
 from skipat_deploy.models.registry import build_model, get_spec

@@ -14,9 +14,9 @@ import pytest
 import typer.main
 
 from skipat_deploy import api
-from skipat_deploy.checkpoint import LoadConfig
+from skipat_deploy.models.checkpoint import LoadConfig
 from skipat_deploy.cli import app
-from skipat_deploy.options import KEY, declared
+from skipat_deploy.core.options import KEY, declared
 from skipat_deploy.params import Input
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +35,14 @@ def test_every_cli_default_is_its_fields():
     checked = 0
     for name, p in _config_params():
         field = p.cls.__dataclass_fields__[p.field]
-        if p.opt.parse is not None:
+        # the command's own default where its module says so (commands.profile.QUANTIZE)
+        default = getattr(p.base, p.field) if p.base is not None else field.default
+        if p.opt.parse is not None or p.renamed:
             assert p.default is None, (name, p.name)  # None: the field's default
         elif p.opt.repeat:
-            assert p.default == list(field.default), (name, p.name)
+            assert p.default == list(default), (name, p.name)
         else:
-            assert p.default == field.default, (name, p.name)
+            assert p.default == default, (name, p.name)
         click_param = next(c for c in CLICK[name].params if c.name == p.name)
         assert click_param.default == p.default or click_param.default == tuple(p.default or ()), (name, p.name)
         checked += 1
@@ -65,7 +67,7 @@ def test_cli_and_api_restate_no_declared_default():
     signature defaults of api.py: they come from the configs."""
     defaults = set()
     for _, p in _config_params():
-        d = p.cls.__dataclass_fields__[p.field].default
+        d = getattr(p.base, p.field) if p.base is not None else p.cls.__dataclass_fields__[p.field].default
         if isinstance(d, (int, float, str)) and not isinstance(d, bool):
             defaults.add(d)
     assert {"w8a16", "w8a8", "aimet", 64, 3600.0, "Galaxy S22"} <= defaults
@@ -84,12 +86,6 @@ def test_cli_and_api_restate_no_declared_default():
                     (fn.name, d.value)  # only the output folders, which are api's own
 
 
-def test_the_cpu_timing_models_take_no_npu_precision():
-    from skipat_deploy.pipeline import fp32_and_int8
-
-    assert "precision" not in inspect.signature(fp32_and_int8).parameters
-
-
 def test_no_api_function_takes_more_than_eight_parameters():
     for name in api.__all__:
         fn = getattr(api, name)
@@ -104,7 +100,7 @@ def test_keyword_options_fill_the_configs_and_unknown_ones_are_refused(tmp_path)
         api.quantize(None, tmp_path, num_calibs=3)
     with pytest.raises(TypeError, match="bogus"):
         api.export(None, tmp_path, bogus=1)
-    from skipat_deploy.options import fill
+    from skipat_deploy.core.options import fill
 
     opts = dict(num_calib=3, calib="x", rotate=False)
     q = fill(QuantizeConfig(), opts)
@@ -117,7 +113,7 @@ def test_keyword_options_fill_the_configs_and_unknown_ones_are_refused(tmp_path)
 
 
 def test_share_weights_with_hub_is_refused(tmp_path):
-    from skipat_deploy.errors import UserError
+    from skipat_deploy.core.errors import UserError
 
     with pytest.raises(UserError, match="--share-weights.*--backend hub"):
         api.compile_all([tmp_path / "a.qdq.onnx", tmp_path / "b.qdq.onnx"], tmp_path,
@@ -166,7 +162,7 @@ def _shown(text: str):
 def _cli_flags(name: str) -> list[tuple[str, ...]]:
     """Each option of ``name`` as its accepted spellings (a switch pair: either)."""
     return [tuple(p.opts + p.secondary_opts) for p in CLICK[name].params
-            if p.param_type_name == "option" and "--help" not in p.opts]
+            if p.param_type_name == "option" and "--help" not in p.opts and not p.hidden]
 
 
 COMMON = ("--json", "--debug")  # every command's; the CLI section says so once
@@ -234,7 +230,75 @@ def test_reading_the_commands_and_configs_does_not_import_torch():
     probe = ("import sys, skipat_deploy.cli, skipat_deploy.api; "
              "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('skipat_deploy.models.')))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "['skipat_deploy.models.config', 'skipat_deploy.models.registry']"
+    assert done.stdout.strip() == ("['skipat_deploy.models.checkpoint', 'skipat_deploy.models.config', "
+                                   "'skipat_deploy.models.registry']")
     help_text = subprocess.run([sys.executable, "-c", "from skipat_deploy.cli import main; main()", "quantize", "--help"],
                                capture_output=True, text=True)
     assert help_text.returncode == 0 and "--num-calib" in help_text.stdout
+
+
+QUANTIZER_FLAGS = {"--precision": "precision", "--num-calib": "num_calib", "--calib": "calib_dir",
+                   "--quant-backend": "quant_backend"}
+QUANTIZING_COMMANDS = ("quantize", "compile", "profile", "compare", "evaluate", "bundle")
+# Flags that several configs declare on purpose, each with its own meaning there; any other
+# flag declared twice must share one declaration's facts (device_option(), hub_timeout_option()).
+OWN_MEANING = {
+    "--resolution": "one size (the model made) or, repeatable, a model per size",
+    "--device": "one target, or repeatable in bundle (a binary per device)",
+    "--backend": "compile's compiler (local | hub) or where a latency is measured (auto | hub | cpu)",
+    "--eval": "quantize's held-out photos or compare's labelled dataset",
+    "--npu-samples": "how many samples run through the NPU: reported (quantize), gated (compile), scored (evaluate)",
+    "--num-samples": "evaluate's subset of a dataset or inspect's samples",
+    "--runs": "timed runs of one model (profile) or of each pair (compare)",
+    "--time-budget": "one pair (profile) or each pair per resolution (compare)",
+}
+
+
+def _declarations() -> dict[str, dict[tuple[type, str], set[str]]]:
+    """flag -> {(config class, field): commands that take it}, over every command's parameters."""
+    out: dict[str, dict] = {}
+    for name, cb in CALLBACKS.items():
+        for p in cb.params:
+            if p.cls is not None and not p.renamed:
+                out.setdefault(p.flag, {}).setdefault((p.cls, p.field), set()).add(name)
+    return out
+
+
+def test_the_quantizers_options_are_one_declaration_in_every_command_that_quantizes():
+    from skipat_deploy.quant import QuantizeConfig
+
+    decl = _declarations()
+    for flag, field in QUANTIZER_FLAGS.items():
+        assert list(decl[flag]) == [(QuantizeConfig, field)], (flag, decl[flag])
+        assert decl[flag][(QuantizeConfig, field)] == set(QUANTIZING_COMMANDS), flag
+
+
+def test_no_option_is_declared_twice():
+    """A flag that two configs declare is the same declaration (same help, choices and default)
+    unless it is one of OWN_MEANING, whose list is pinned here."""
+    shared = set()
+    for flag, fields in _declarations().items():
+        if len(fields) < 2:
+            continue
+        facts = {(f.metadata[KEY].help, f.metadata[KEY].choices, repr(f.default))
+                 for f in (cls.__dataclass_fields__[name] for cls, name in fields)}
+        if len(facts) > 1:
+            assert flag in OWN_MEANING, f"{flag} is declared {len(facts)} ways: {sorted(c.__name__ for c, _ in fields)}"
+            shared.add(flag)
+    assert shared == set(OWN_MEANING)
+
+
+def test_a_renamed_flag_still_works_and_says_so(tmp_path, nano_ckpts):
+    """quantize --backend is --quant-backend, compile --num-check is --npu-samples, compile
+    --precision fp16 is --fp16: the old spellings are taken, with a notice, and are not in
+    --help."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["quantize", "--ckpt", str(nano_ckpts["vit_nano_patch16"]), "--backend", "tflite",
+                            "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--quant-backend 'tflite': choose one of aimet, ort" in r.output
+    assert "--backend is now --quant-backend" in r.output
+    assert "--backend " not in runner.invoke(app, ["quantize", "--help"]).output
+    r = runner.invoke(app, ["compile", "--model", str(tmp_path / "none.qdq.onnx"), "--num-check", "0"])
+    assert "--num-check is now --npu-samples" in r.output and "--npu-samples must be at least 1" in r.output

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skipat_deploy.errors import UserError
-from skipat_deploy.preprocess import Preprocess, load_image
+from skipat_deploy.core.errors import UserError
+from skipat_deploy.images.preprocess import Preprocess, load_image
 
 
 @pytest.mark.parametrize("size,crop_pct,wh", [(224, 0.875, (320, 240)), (384, 1.0, (300, 500)),

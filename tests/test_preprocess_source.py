@@ -13,14 +13,16 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from skipat_deploy import api, calibration
+from skipat_deploy import api
+
+from skipat_deploy.images import calibration
 from skipat_deploy.bundle import manifest_schema
 from skipat_deploy.bundle.manifest import io_contract
-from skipat_deploy.checkpoint import load_checkpoint
+from skipat_deploy.models.checkpoint import load_checkpoint
 from skipat_deploy.cli import app
-from skipat_deploy.errors import CheckpointError
+from skipat_deploy.core.errors import CheckpointError
 from skipat_deploy.export import read_metadata
-from skipat_deploy.preprocess import Preprocess, PreprocessOverrides, load_image
+from skipat_deploy.images.preprocess import Preprocess, PreprocessOverrides, load_image
 from skipat_deploy.quant import QuantizeConfig
 from skipat_deploy.quant.quantize import quantization_samples
 

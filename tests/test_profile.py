@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from skipat_deploy import api
 from skipat_deploy.cli import app
-from skipat_deploy.errors import UserError
+from skipat_deploy.core.errors import UserError
 from skipat_deploy.npu.hub import parse_profile
 
 from .hub_fake import FakeLayer, ProfileConfig
@@ -171,7 +171,7 @@ def test_profile_and_compare_take_a_skipats_own_skip_indices(tmp_path, no_hub, m
     import onnxruntime as ort
     import torch
 
-    from skipat_deploy import pipeline
+    from skipat_deploy.commands import compare as command
     from skipat_deploy.models.registry import build_model, get_spec
 
     from .conftest import random_state_dict
@@ -196,7 +196,7 @@ def test_profile_and_compare_take_a_skipats_own_skip_indices(tmp_path, no_hub, m
     assert np.abs(got - torch_out(skips)).max() < 1e-4
     assert np.abs(got - torch_out((3, 4, 5, 6, 7, 8))).max() > 1e-2  # the indices matter here
     seen = {}
-    monkeypatch.setattr(pipeline, "compare", lambda ckpts, *a, **k: seen.update(ckpts) or 1 / 0)
+    monkeypatch.setattr(command, "compare", lambda ckpts, *a, **k: seen.update(ckpts) or 1 / 0)
     res = CliRunner().invoke(app, ["compare", "--skipat", str(ckpt), "--skip-indices", "2,3,4,5,6,7",
                                    "--head-dim", "64", "--backend", "cpu", "--out", str(tmp_path / "c")])
     assert seen["skipat"].arch.skip_indices == skips and seen["vit"].arch.skip_indices == ()

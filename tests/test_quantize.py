@@ -13,13 +13,15 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from skipat_deploy import api, calibration
+from skipat_deploy import api
+
+from skipat_deploy.images import calibration
 from skipat_deploy.quant import equalize, gptq
 from skipat_deploy.cli import app
-from skipat_deploy.errors import UserError
+from skipat_deploy.core.errors import UserError
 from skipat_deploy.export import read_metadata
-from skipat_deploy.files import sha256_file
-from skipat_deploy.preprocess import Preprocess
+from skipat_deploy.core.files import sha256_file
+from skipat_deploy.images.preprocess import Preprocess
 from skipat_deploy.models.config import VIT, ArchConfig
 from skipat_deploy.models.registry import build_model
 
@@ -267,10 +269,10 @@ def test_default_calibration_uses_bundled_photos(tmp_path, nano_ckpts):
 @pytest.mark.parametrize(
     "kwargs,msg",
     [
-        (dict(precision="w4a8"), "unknown precision 'w4a8'"),
-        (dict(backend="tflite"), "unknown backend"),
+        (dict(precision="w4a8"), "--precision 'w4a8': choose one of w8a8, w8a16, mixed"),
+        (dict(backend="tflite"), "--quant-backend 'tflite': choose one of aimet, ort"),
         (dict(device="Pixel 8"), "unknown device 'Pixel 8'"),
-        (dict(precision="mixed", backend="ort"), "need --backend aimet"),
+        (dict(precision="mixed", quant_backend="ort"), "need --quant-backend aimet"),
         (dict(resolution=225), "not a positive multiple of the patch size 16"),
         (dict(num_calib=0), "at least 1"),
     ],
@@ -366,7 +368,7 @@ def test_gptq_clips_a_lone_outlier_weight():
 
 
 def _quality(sqnr):
-    from skipat_deploy.metrics import Quality
+    from skipat_deploy.core.metrics import Quality
 
     return Quality(sqnr, 1.0, 1.0, None, 8)
 
@@ -379,7 +381,7 @@ def _quality(sqnr):
     (15.0, 11.0, True),
 ])
 def test_qdq_vs_simulation_rule(sim_db, qdq_db, refused, tmp_path):
-    from skipat_deploy.errors import ExportValidationError
+    from skipat_deploy.core.errors import ExportValidationError
     from skipat_deploy.quant.quantize import check_reproduces_simulation
 
     args = (tmp_path / "m.qdq.onnx", _quality(qdq_db), _quality(sim_db), 30.0, 0.1)
@@ -394,7 +396,7 @@ def test_a_mis_scaled_quantizer_in_the_export_is_refused_and_nothing_written(tmp
                                                                              photos, monkeypatch):
     """A real export fault: one activation QuantizeLinear in the middle of the graph gets a
     scale 20x too small (its values clip), the DequantizeLinear keeps the right one."""
-    from skipat_deploy.errors import ExportValidationError
+    from skipat_deploy.core.errors import ExportValidationError
     from skipat_deploy.quant import aimet
 
     real_export = aimet.AimetOutcome.export
@@ -527,7 +529,7 @@ def test_softmax_ranges_minimise_the_error_of_p_times_v():
 def test_bias_correction_removes_the_mean_error():
     """After sequential bias correction every corrected layer's mean output error against the
     float model is a small fraction of what it was, and the output is closer to float."""
-    from skipat_deploy.metrics import sqnr_db
+    from skipat_deploy.core.metrics import sqnr_db
     from skipat_deploy.quant.aimet import fixes
 
     model, sim, x = _tiny_sim(seed=6)

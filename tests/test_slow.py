@@ -59,7 +59,7 @@ def test_full_size_compile_every_node_on_the_npu(tmp_path, arch):
     ckpt = tmp_path / f"{arch}.pth"  # weights whose outputs differ from image to image
     torch.save(random_state_dict(arch, seed=1), ckpt)
     r = api.compile(None, tmp_path, ckpt=ckpt, device="Galaxy S22", precision="w8a8",
-                    quant_backend="ort", num_calib=16, num_check=1)
+                    quant_backend="ort", num_calib=16, npu_samples=1)
     assert r.check.gate == "passed" and r.check.num_samples == 1
     print(f"{arch}: NPU vs float {r.check.npu_vs_float_sqnr_db:.1f} dB, CPU QDQ vs float "
           f"{r.check.qdq_vs_float_sqnr_db:.1f} dB, NPU vs CPU QDQ {r.check.sqnr_db:.1f} dB")

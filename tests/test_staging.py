@@ -1,4 +1,4 @@
-"""The staged-output transaction (skipat_deploy.staging): all files or none, older ones kept on
+"""The staged-output transaction (skipat_deploy.core.staging): all files or none, older ones kept on
 failure, joined stages undone with the outermost, one writer per folder, signals during the
 move."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from skipat_deploy.errors import Terminated, UserError
-from skipat_deploy.files import sha256_file
-from skipat_deploy.staging import (STAGE_PREFIX, OutputBusyError, _Transaction, hold_interrupts,
+from skipat_deploy.core.errors import Terminated, UserError
+from skipat_deploy.core.files import sha256_file
+from skipat_deploy.core.staging import (STAGE_PREFIX, OutputBusyError, _Transaction, hold_interrupts,
                                    interrupts_as_exceptions, staged)
 
 
@@ -111,7 +111,7 @@ def test_a_folder_inside_a_stage_is_its_own_transaction(out):
 
 def test_a_second_writer_is_refused_in_one_line_and_a_stale_stage_is_swept(out):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from skipat_deploy.staging import staged\n"
+        [sys.executable, "-c", "import sys, time; from skipat_deploy.core.staging import staged\n"
          "with staged(sys.argv[1]):\n    print('in', flush=True); time.sleep(60)", str(out)],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -12,8 +12,8 @@ from PIL import Image
 
 from skipat_deploy.measure import stream
 from skipat_deploy.measure.evaluate import paired_drop_interval
-from skipat_deploy.metrics import sqnr_db
-from skipat_deploy.preprocess import Preprocess, load_image
+from skipat_deploy.core.metrics import sqnr_db
+from skipat_deploy.images.preprocess import Preprocess, load_image
 
 CLASSES = 7
 

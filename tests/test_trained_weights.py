@@ -14,9 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 from skipat_deploy import api
-from skipat_deploy.checkpoint import load_weights
+from skipat_deploy.models.checkpoint import load_weights
 from skipat_deploy.cli import app
-from skipat_deploy.errors import RewriteError
+from skipat_deploy.core.errors import RewriteError
 from skipat_deploy.export import run_qdq_cpu
 from skipat_deploy.models.registry import build_model
 from skipat_deploy.quant import rotate

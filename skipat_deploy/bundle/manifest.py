@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 import onnx
 
 from .. import __version__
-from ..errors import UserError
+from ..core.errors import UserError
 from ..export import read_metadata
-from ..files import sha256_file
-from ..imagenet import imagenet_classes
+from ..core.files import sha256_file
+from ..images.imagenet import imagenet_classes
 from ..npu import qnn
 
 if TYPE_CHECKING:  # types only: `verify` should not import torch
-    from ..npu.compile import CompileResult
+    from ..npu.config import CompileResult
     from ..quant import QuantizeResult
     from ..quant.cpu import CpuInt8Result
 
@@ -151,7 +151,7 @@ def write_manifest(folder: Path, quantized: list[QuantizeResult], compiled: list
     first device's first, and the ``compiled`` context binaries) in ``manifest.json``; adds
     ``labels.txt`` for ImageNet heads. The manifest is validated against its schema before it
     is written."""
-    from ..npu.compile import CPU_QDQ_VS_FLOAT
+    from ..npu.config import CPU_QDQ_VS_FLOAT
 
     first = quantized[0]
     source = "cpu (onnxruntime, QDQ vs float PyTorch)"

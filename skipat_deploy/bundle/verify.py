@@ -21,7 +21,7 @@ from pathlib import Path, PureWindowsPath
 import numpy as np
 
 from ..export import cpu_session
-from ..files import sha256_file
+from ..core.files import sha256_file
 from .manifest import MANIFEST, SCHEMA_VERSION, BundleError, validate_manifest
 
 SMOKE_ROLES = ("float_onnx", "qdq_onnx", "cpu_int8_onnx")

@@ -1,7 +1,7 @@
 """Export a checkpoint to static-grid ONNX and prove it computes what PyTorch computes.
 
 One function, :func:`export_onnx`: checkpoint -> one ``.onnx`` per resolution, written as one
-staged set (:mod:`skipat_deploy.staging`: nothing sits at a final path until every resolution
+staged set (:mod:`skipat_deploy.core.staging`: nothing sits at a final path until every resolution
 has passed every check). Per resolution:
 
 1. build the model for the grid, resampling ``pos_embed`` (timm's convention);
@@ -27,17 +27,17 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from ..checkpoint import LoadedCheckpoint, load_weights
-from ..errors import ExportValidationError, ResolutionError, UserError
-from ..files import artifact_stem, sha256_file
-from ..lazy import torch
-from ..models.registry import build_model, init_weights, get_spec
-from ..options import option
-from ..staging import Stage, staged
+from ..models.checkpoint import LoadedCheckpoint, load_weights
+from ..core.errors import ExportValidationError, ResolutionError, UserError
+from ..core.files import artifact_stem, sha256_file
+from ..core.lazy import torch
+from ..models.registry import build_model
+from .artifact import METADATA_KEY
+from ..core.options import option
+from ..core.staging import Stage, staged
 from .validate import cpu_session, run_all, validate_onnx
 
 INPUT_NAME = "image"
-METADATA_KEY = "skipat_deploy"
 DEFAULT_RESOLUTION = 224  # px: every command that makes one model from a checkpoint
 DEFAULT_RESOLUTIONS = (DEFAULT_RESOLUTION, 384)
 # onnxsim folds constants and fuses ops; anything beyond float rounding noise (relative to the
@@ -81,14 +81,6 @@ class ExportResult:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
-
-
-def fresh_checkpoint(arch: str, seed: int = 0) -> LoadedCheckpoint:
-    """Freshly initialised (seeded) weights of a registered architecture: for latency work and
-    demos; its outputs mean nothing."""
-    spec = get_spec(arch)
-    model = init_weights(build_model(spec.arch), seed)
-    return LoadedCheckpoint(spec, model.state_dict(), None)
 
 
 def check_resolution(resolution: int, patch_size: int) -> int:
@@ -147,18 +139,6 @@ def model_metadata(ckpt: LoadedCheckpoint, resolution: int, cfg: ExportConfig) -
         "source": source,
         "opset": cfg.opset,
     }
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The skipat-deploy metadata of an exported model, without loading its weights."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise UserError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
-    return {}
 
 
 def validation_inputs(resolution: int, cfg: ExportConfig) -> list[np.ndarray]:

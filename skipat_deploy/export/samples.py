@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import calibration
-from ..preprocess import Preprocess
-from .onnx_export import read_metadata
+from ..images import calibration
+from ..images.preprocess import Preprocess
+from .artifact import read_metadata
 
 
 def sample_inputs(model: Path, count: int, shape: tuple) -> tuple[np.ndarray, str, bool]:

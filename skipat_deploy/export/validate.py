@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import ExportValidationError
+from ..core.errors import ExportValidationError
 
 Feed = dict[str, np.ndarray]
 

@@ -7,7 +7,7 @@ numbers beside when the device is the S22 (Table 3: NPU, INT8). Written into ``o
 
 Backends: ``cpu`` (ONNX Runtime on this machine, FP32 and INT8, timed side by side,
 :func:`cpu_rows`) and ``hub`` (the phone's NPU through AI Hub, :func:`hub_rows`); ``auto`` is
-hub when AI Hub is configured, else cpu. Making the models is :mod:`skipat_deploy.pipeline`'s.
+hub when AI Hub is configured, else cpu. Making the models is :mod:`skipat_deploy.commands.compare`'s.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..devices import DeviceProfile, cpu_host, device_option
-from ..errors import UserError
+from ..core.errors import UserError
 from ..npu import hub as hub_mod
 from ..export import DEFAULT_RESOLUTIONS
-from ..npu.compile import CompileConfig, hub_timeout_option
-from ..options import option
+from ..npu.config import CompileConfig, hub_timeout_option
+from ..core.options import option
 from .latency import Ratio, auto_backend_option, interleaved, ratio_interval, threads_option
-from .profile import LATENCY_PRECISION, submit_device_profile
+from .profile import submit_device_profile
 
 FAMILIES = ("vit", "skipat")
 DEFAULT_ARCHS = {"vit": "vit_tiny_patch16", "skipat": "skipat_tiny_patch16"}
@@ -44,9 +44,6 @@ class CompareConfig:
     resolutions: tuple[int, ...] = option(DEFAULT_RESOLUTIONS, "Input size in px (repeatable).", flag="--resolution", repeat=True)
     device: str = device_option()
     backend: str = auto_backend_option()
-    precision: str = option(LATENCY_PRECISION, "INT8 flavour (hub): w8a8 or w8a16. Default w8a8, not quantize's w8a16: latency is quoted for the fastest flavour (cpu times the CPU INT8 models).")
-    # hub: how the models sent to the phone are quantized
-    quant_backend: str = option("aimet", "hub: quantize the models sent to the phone with aimet (default) or ort.")
     # cpu: timed runs per round; rounds continue until the ratio is settled
     runs: int = option(30, "Timed CPU runs per model (after warm-up).")
     warmup: int = 5
@@ -175,9 +172,9 @@ def timing_threads(cfg: CompareConfig) -> int:
 
 
 def hub_rows(models: dict[tuple[str, int], Path], archs: dict[str, str], out_dir: Path,
-             cfg: CompareConfig, device: DeviceProfile, step: Callable[[str], None],
+             cfg: CompareConfig, precision: str, device: DeviceProfile, step: Callable[[str], None],
              notices: list[str], made: list[tuple[str, Path]] | None = None) -> list[CompareRow]:
-    """``models``: (family, resolution) -> QDQ ONNX. Submit every compile job at once, then
+    """``models``: (family, resolution) -> QDQ ONNX (quantized at ``precision``). Submit every compile job at once, then
     every profiling job as its compile finishes; await them together. Jobs are recorded in
     ``out_dir`` (re-runs resume). ``made`` collects the files written there, (kind, path)."""
     made = [] if made is None else made
@@ -203,7 +200,7 @@ def hub_rows(models: dict[tuple[str, int], Path], archs: dict[str, str], out_dir
             latency_ms=p.estimated_inference_ms, p90_ms=None, int8_latency_ms=None,
             ratio_vs_vit=ratio, speedup_vs_vit=1 / ratio,
             paper_ms=PAPER_S22_MS.get((fam, res)) if device.name == "Galaxy S22" else None,
-            measured_on=f"{p.hub_device} via AI Hub ({cfg.precision}; layers: {units})",
+            measured_on=f"{p.hub_device} via AI Hub ({precision}; layers: {units})",
             device_vs_cpu_sqnr_db=None if p.device_check is None else p.device_check.sqnr_db))
     return rows
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import spread
-from ..errors import UserError
-from ..imagenet import synset_index
-from ..preprocess import IMAGE_SUFFIXES
+from ..images.calibration import spread
+from ..core.errors import UserError
+from ..images.imagenet import synset_index
+from ..images.preprocess import IMAGE_SUFFIXES
 
 WNID = re.compile(r"^n\d{8}$")
 GROUND_TRUTH_FILES = ("LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt", "val.txt",
@@ -206,7 +206,7 @@ def _looks_like_label(text: str) -> bool:
 def stratified_indices(labels: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
     """Indices (ascending) of a seeded sample of ``n`` of ``labels`` stratified by class: the
     classes in sorted order, spread as calibration spreads subfolders (round-robin while ``n``
-    allows every class, else a seeded choice of classes; :func:`~skipat_deploy.calibration.spread`)
+    allows every class, else a seeded choice of classes; :func:`~skipat_deploy.images.calibration.spread`)
     and a seeded permutation inside each class; all of them when ``n`` is None or too many."""
     labels = np.asarray(labels)
     if n is None or n >= len(labels):

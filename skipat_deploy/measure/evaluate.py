@@ -20,20 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import LoadedCheckpoint
+from ..models.checkpoint import LoadedCheckpoint
 from ..devices import CpuHost, cpu_host, cpu_int8_warning, device_option, resolve_device
-from ..errors import QualityGateError, UserError
-from ..export import DEFAULT_RESOLUTION, artifact_name, check_resolution, read_metadata
-from ..files import model_stem
-from ..npu.compile import hub_timeout_option
-from ..options import option
-from ..quant.quantize import DEFAULT_PRECISION
-from ..preprocess import Preprocess
-from ..staging import staged
+from ..core.errors import QualityGateError, UserError
+from ..export import DEFAULT_RESOLUTION, artifact_name, check_resolution
+from ..export.artifact import ModelArtifact, read_model
+from ..core.files import model_stem
+from ..npu.config import hub_timeout_option
+from ..core.options import check_declared, option
+from ..images.preprocess import Preprocess
+from ..core.staging import staged
 from . import stream
 from .dataset import LabelledImages, stratified_subset
 from .targets import TARGETS as REGISTRY
-from .targets import EvaluateSource
+from .targets import EvaluateSource, TargetModels
 
 TARGETS = tuple(REGISTRY)
 FLOAT_TARGETS = tuple(t for t in TARGETS if not REGISTRY[t].int8)
@@ -48,22 +48,19 @@ Step = Callable[[str], None]
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    labels: Path | None = option(None, "CSV of path,label (label: class index or WordNet ID), or a text file of 'filename label' lines.", flag="--labels")
     # () : a checkpoint's torch, onnx, qdq; a model's own kind
     targets: tuple[str, ...] = option((), "Comma-separated: torch, onnx, qdq, npu (HTP simulator), device (the phone via AI Hub). Default: torch,onnx,qdq for --ckpt, the model's kind for --model.", parse="names", choices=TARGETS)
     resolution: int = option(DEFAULT_RESOLUTION, "Input size in px (--ckpt).")
-    precision: str = option(DEFAULT_PRECISION, "INT8 targets from --ckpt: w8a16, w8a8 or mixed.")
-    quant_backend: str = option("aimet", "INT8 targets from --ckpt: aimet or ort.")
     device: str = device_option()
     # None: every image
-    num_samples: int | None = option(None, "Evaluate a seeded subset of this many images drawn per class (round-robin over the classes; default: all).")
+    num_samples: int | None = option(None, "Evaluate a seeded subset of this many images drawn per class (round-robin over the classes; default: all).", minimum=1)
     seed: int = option(0, "Seed of the --num-samples and --npu-samples draws.")
     # the simulator takes seconds per image
-    npu_max_samples: int = option(64, "npu target: at most this many images, drawn per class (the x86-64 simulator takes seconds each).", flag="--npu-samples")
-    samples_per_job: int = option(250, "device target: images per AI Hub inference job.")  # AI Hub inference: images per job
+    npu_samples: int = option(64, "npu target: at most this many images, drawn per class (the x86-64 simulator takes seconds each).", minimum=1)
+    samples_per_job: int = option(250, "device target: images per AI Hub inference job.", minimum=1)  # AI Hub inference: images per job
     # points; None: no gate
     max_top1_drop: float | None = option(None, "Gate: exit 4 when an INT8 target's top-1 is more than this many points below float.")
-    # INT8 targets from a checkpoint: calibration photos
-    calib_dir: Path | None = option(None, "Calibration images for the INT8 targets (default: photos bundled with scikit-image). Not the evaluation images.", flag="--calib")
     hub_timeout_s: float = hub_timeout_option()
 
     def check(self) -> None:
@@ -73,10 +70,7 @@ class EvaluateConfig:
                             f"of {','.join(TARGETS)}")
         if len(set(self.targets)) != len(self.targets):
             raise UserError(f"--targets {','.join(self.targets)} names a target twice")
-        for name, value in (("--num-samples", self.num_samples), ("--npu-samples", self.npu_max_samples),
-                            ("--samples-per-job", self.samples_per_job)):
-            if value is not None and value < 1:
-                raise UserError(f"{name} must be at least 1, got {value}")
+        check_declared(self)
         if self.max_top1_drop is not None:
             if not (self.max_top1_drop >= 0):
                 raise UserError(f"--max-top1-drop must be 0 or more points, got {self.max_top1_drop}")
@@ -266,11 +260,12 @@ def write_reports(result: EvaluateResult, out_dir: Path, stem: str) -> dict[str,
 # The command.
 
 def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str | Path,
-             cfg: EvaluateConfig = EvaluateConfig(), step: Step = lambda m: None) -> EvaluateResult:
+             cfg: EvaluateConfig, models: TargetModels, step: Step = lambda m: None) -> EvaluateResult:
     """Top-1 / top-5 of a classifier on ``data`` for every target of ``cfg``: from a checkpoint,
     the float model (``torch``), its export (``onnx``), the INT8 model (``qdq``), its context
     binary on the HTP simulator (``npu``) and on the phone (``device``), each made into
-    ``out_dir`` first (:data:`.targets.TARGETS`); from an exported ONNX (``source`` a path),
+    ``out_dir`` first by ``models`` (the command's, :mod:`skipat_deploy.commands.evaluate`);
+    from an exported ONNX (``source`` a path),
     that model (and, when it is quantized, its compiled forms). The images stream through every
     target at once; an interrupted run leaves its scores in ``out_dir/.evaluate-cache`` and the
     same command continues from them. Reports go into ``out_dir``; ``gate_failures`` lists INT8
@@ -286,16 +281,17 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
         check_resolution(resolution, source.arch.patch_size)
         name = source.info.path if source.info else f"{source.spec.name} (freshly initialised)"
         stem = artifact_name(source, resolution, 1).removesuffix(".onnx")
-        quantized, meta = False, {}
+        quantized, meta, artifact = False, {}, None
         cfg = replace(cfg, targets=cfg.targets or ("torch", "onnx", "qdq"))
     else:
-        meta = _onnx_metadata(source)
+        artifact = _exported(source)
+        meta = artifact.metadata
         num_classes, pp, resolution = meta["num_classes"], Preprocess.from_dict(meta["preprocess"]), meta["resolution"]
         if not num_classes:
             raise UserError(f"{source.name} has no classification head (it outputs features): "
                             "top-1 needs class logits; evaluate a classifier")
         name, stem = str(source), model_stem(source)
-        quantized = _is_quantized(source)
+        quantized = artifact.int8
         kind = "qdq" if quantized else "float"
         allowed = tuple(t for t in TARGETS if REGISTRY[t].model_kind == kind)
         cfg = replace(cfg, targets=cfg.targets or allowed[:1])
@@ -316,18 +312,20 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
     ordered = [t for t in TARGETS if t in cfg.targets]
     host = cpu_host()
     if quantized:  # a CPU INT8 model's figures hold only where its integer kernels do not saturate
-        warning = cpu_int8_warning(meta.get("quantization") or {}, Path(source).name, host)
+        warning = cpu_int8_warning(artifact.quantization.record if artifact.quantization else {},
+                                   Path(source).name, host)
         if warning:
             notices.append(warning)
     reference = next((t for t in ordered if t in FLOAT_TARGETS), None)
     src = EvaluateSource(source if isinstance(source, LoadedCheckpoint) else None,
                  None if isinstance(source, LoadedCheckpoint) else source, resolution, out_dir, cfg,
-                 np.fromiter((c for _, c in items), np.int64, len(items)), step, notices)
+                 np.fromiter((c for _, c in items), np.int64, len(items)), step, models, notices)
     runners = []
     for t in ordered:
         r = REGISTRY[t].make(src)
         r.reference = reference if t != reference else None
         runners.append(r)
+    notices.extend(n for n in models.notices if n not in notices)
     cache = out_dir / CACHE
     try:
         streamed = stream.run_stream(items, data.root, resolution, pp, runners, cache, step)
@@ -347,8 +345,8 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
                     None if r.model is None else str(r.model), r.note) for r in runners]
     result = EvaluateResult(
         model=name, dataset=str(data.root), layout=data.layout, resolution=resolution,
-        precision=((meta.get("quantization") or {}).get("precision") if quantized
-                   else cfg.precision if any(t in INT8_TARGETS for t in ordered) else None),
+        precision=((artifact.quantization.precision if artifact.quantization else None) if quantized
+                   else models.precision if any(t in INT8_TARGETS for t in ordered) else None),
         reference=reference, targets=scores, num_images=len(items) - len(streamed.unreadable),
         unreadable=streamed.unreadable, max_top1_drop=cfg.max_top1_drop, notices=notices,
         scoring_seconds=streamed.seconds, host=host.to_json())
@@ -359,17 +357,9 @@ def evaluate(source: LoadedCheckpoint | Path, data: LabelledImages, out_dir: str
     return result
 
 
-def _onnx_metadata(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"model not found: {path}")
-    meta = read_metadata(path)
-    if not meta:
+def _exported(path: Path) -> ModelArtifact:
+    artifact = read_model(path)
+    if not artifact.metadata:
         raise UserError(f"{path} was not exported by skipat-deploy (no pre-processing metadata): "
                         "evaluate its checkpoint with --ckpt")
-    return meta
-
-
-def _is_quantized(path: Path) -> bool:
-    import onnx
-
-    return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path), load_external_data=False).graph.node)
+    return artifact

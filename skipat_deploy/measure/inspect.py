@@ -79,14 +79,15 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from .. import calibration
+from ..images import calibration
 from ..devices import DEFAULT_DEVICE, DeviceProfile, resolve_device
-from ..errors import UserError
-from ..export import read_metadata, sample_inputs
-from ..files import model_stem, sha256_file
-from ..options import option
-from ..preprocess import Preprocess
-from ..staging import staged
+from ..core.errors import UserError
+from ..export import sample_inputs
+from ..export.artifact import ModelArtifact, read_model
+from ..core.files import model_stem, sha256_file
+from ..core.options import check_declared, option
+from ..images.preprocess import Preprocess
+from ..core.staging import staged
 
 Step = Callable[[str], None]
 HTP_SIMULATOR = "QNN HTP simulator (onnxruntime-qnn, x86-64)"
@@ -111,22 +112,21 @@ class InspectConfig:
     # None: the held-out photos compile's NPU gate uses
     images: Path | None = option(None, "Folder of images (seeded draw; default: the held-out photos compile's NPU gate uses).")
     # the HTP simulator takes seconds per image
-    num_samples: int = option(4, "Samples run through all three (the x86-64 HTP simulator takes seconds each).")
+    num_samples: int = option(4, "Samples run through all three (the x86-64 HTP simulator takes seconds each).", minimum=1)
     # run the HTP side where onnxruntime-qnn is installed
     npu: bool = option(True, "Run the NPU side on the HTP simulator (needs onnxruntime-qnn).", flag="--npu/--no-npu")
 
-    def check(self, model: Path) -> DeviceProfile:
-        if self.num_samples < 1:
-            raise UserError("--num-samples must be at least 1")
+    def check(self, model: ModelArtifact) -> DeviceProfile:
+        check_declared(self)
         if self.float_model is not None:
             if not Path(self.float_model).is_file():
                 raise UserError(f"--float model not found: {self.float_model}")
-            if _is_quantized(_load(Path(self.float_model), weights=False)):
+            if read_model(self.float_model).int8:
                 raise UserError(f"--float {Path(self.float_model).name} is a quantized model: give "
                                 "the float .onnx the QDQ model was made from")
         if self.images is not None and not Path(self.images).is_dir():
             raise UserError(f"--images folder not found: {self.images}")
-        made_for = (read_metadata(model).get("quantization") or {}).get("device")
+        made_for = model.quantization.device if model.quantization else None
         return resolve_device(self.device or made_for or DEFAULT_DEVICE)
 
 
@@ -204,10 +204,6 @@ def _load(path: Path, weights: bool = True) -> onnx.ModelProto:
         return onnx.load(str(path), load_external_data=weights)
     except Exception as e:  # protobuf's DecodeError and friends
         raise UserError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
-
-
-def _is_quantized(model: onnx.ModelProto) -> bool:
-    return any(n.op_type == "QuantizeLinear" for n in model.graph.node)
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
@@ -356,12 +352,10 @@ def _cpu(model: onnx.ModelProto | Path) -> ort.InferenceSession:
 # --------------------------------------------------------------------------------------------
 # References and samples
 
-def _float_model(model: Path, cfg: InspectConfig, notices: list[str]) -> Path | None:
+def _float_model(model: ModelArtifact, cfg: InspectConfig, notices: list[str]) -> Path | None:
     if cfg.float_model is not None:
         return Path(cfg.float_model)
-    from ..npu.compile import recorded_float_model
-
-    path, why = recorded_float_model(model)
+    path, why = model.float_model()
     if path is None:
         notices.append(f"no float model: {why}; give --float X.onnx for figures against float "
                        "(the per-tensor float values come from the QDQ graph itself)")
@@ -390,8 +384,8 @@ def _float_graph(model: Path, qdq: onnx.ModelProto, rows: list[Quantizer], float
     candidates = []
     if float_path is not None:
         candidates.append((float_path, f"the float model {float_path.name}", True))
-    aimet = model.with_name(f"{model_stem(model)}.aimet")
-    if aimet.is_dir():
+    aimet = read_model(model).aimet_dir()
+    if aimet is not None:
         graphs = sorted(aimet.glob("*.onnx"))
         if len(graphs) == 1:
             candidates.append((graphs[0], f"the float graph AIMET quantized ({aimet.name}/{graphs[0].name})", False))
@@ -415,7 +409,7 @@ def _samples(model: Path, cfg: InspectConfig, shape: tuple, notices: list[str]) 
     if cfg.images is None:
         x, described, _ = sample_inputs(model, n, shape)
         return x, described
-    meta = read_metadata(model)
+    meta = read_model(model).metadata
     if "preprocess" not in meta:
         raise UserError(f"{model.name} has no skipat-deploy pre-processing metadata, so --images "
                         "cannot be prepared for it; leave --images out (seeded noise inputs)")
@@ -479,7 +473,7 @@ def _npu(model: Path, exposed: Path, tmp: Path, device: DeviceProfile, notices: 
 def _exposure_check(model: Path, device: DeviceProfile, feed: dict, got: list[np.ndarray],
                     n_out: int, notices: list[str]) -> None:
     """The model's own outputs must not change when its activations are exposed."""
-    from ..metrics import sqnr_db
+    from ..core.metrics import sqnr_db
     from ..npu import qnn
 
     sess = qnn.htp_session(model, device)
@@ -679,26 +673,25 @@ def inspect(model: str | Path, out_dir: str | Path = "inspect", cfg: InspectConf
 def measure(model: str | Path, cfg: InspectConfig = InspectConfig(),
             step: Step = lambda msg: None) -> InspectResult:
     """What :func:`inspect` reports on the QDQ ``model``, without writing anything."""
-    from ..metrics import sqnr_db
+    from ..core.metrics import sqnr_db
 
     t0 = time.perf_counter()
-    model = Path(model)
-    if not model.is_file():
-        raise UserError(f"model not found: {model}")
-    qdq = _load(model)
-    if not _is_quantized(qdq):
+    artifact = read_model(model)
+    model = artifact.path
+    if not artifact.int8:
         raise UserError(f"{model.name} is not a QDQ model (no QuantizeLinear): give the .qdq.onnx "
                         "from `skipat-deploy quantize`")
-    device = cfg.check(model)
+    qdq = _load(model)
+    device = cfg.check(artifact)
     notices: list[str] = []
-    made_for = (read_metadata(model).get("quantization") or {}).get("hexagon")
+    made_for = artifact.quantization.hexagon if artifact.quantization else None
     if made_for is not None and made_for != device.hexagon:
         notices.append(f"{model.name} was quantized for Hexagon {made_for}, inspected on {device.name}'s "
                        f"{device.hexagon} HTP (compile refuses that pairing)")
     quantizers = activation_quantizers(qdq)
     if not quantizers:
         raise UserError(f"{model.name} quantizes no activation (every QuantizeLinear reads a constant)")
-    float_path = _float_model(model, cfg, notices)
+    float_path = _float_model(artifact, cfg, notices)
     step("loading the float reference")
     fgraph, float_what, fgraph_is_float = _float_graph(model, qdq, quantizers, float_path, notices)
     fnames = _tensor_names(fgraph)

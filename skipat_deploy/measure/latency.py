@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import UserError
-from ..options import option
+from ..core.errors import UserError
+from ..core.options import option
 
 
 def auto_backend_option():

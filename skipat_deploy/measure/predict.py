@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..export import cpu_session, read_metadata
-from ..imagenet import imagenet_classes
-from ..options import option
-from ..preprocess import Preprocess, load_image
+from ..images.imagenet import imagenet_classes
+from ..core.options import option
+from ..images.preprocess import Preprocess, load_image
 
 
 @dataclass(frozen=True)

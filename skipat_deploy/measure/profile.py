@@ -5,7 +5,7 @@
   compute unit, the raw profile document, and the phone's outputs against the local model's.
 * ``cpu``: ONNX Runtime on this machine (:mod:`.latency`).
 
-Both take models that exist; making them from a checkpoint is :mod:`skipat_deploy.pipeline`'s.
+Both take models that exist; making them from a checkpoint is :mod:`skipat_deploy.commands.profile`'s.
 """
 
 from __future__ import annotations
@@ -14,27 +14,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..export import run_qdq_cpu, sample_inputs
 from ..npu import hub as hub_mod
 from ..devices import device_option
 from ..export import DEFAULT_RESOLUTION
-from ..npu.compile import CompileConfig, hub_timeout_option
-from ..options import option
-from ..staging import staged
+from ..npu.config import CompileConfig, hub_timeout_option
+from ..core.options import option
+from ..core.staging import staged
 from .latency import CpuLatency, Ratio, auto_backend_option, interleaved, ratio_interval, threads_option
-
-# profile and compare time the fastest flavour by default, not quantize's w8a16 (accuracy):
-# what a latency figure is quoted for.
-LATENCY_PRECISION = "w8a8"
-
 
 @dataclass(frozen=True)
 class ProfileConfig:
     resolution: int = option(DEFAULT_RESOLUTION, "With --ckpt: input size in px.")
     device: str = device_option()
     backend: str = auto_backend_option()
-    precision: str = option(LATENCY_PRECISION, "INT8 flavour (hub): w8a8, w8a16 or mixed. Default w8a8, not quantize's w8a16: latency is quoted for the fastest flavour (cpu times the CPU INT8 model).")
     runs: int = option(50, "Timed CPU runs per model (after warm-up).")
     warmup: int = 5
     threads: int | None = threads_option()

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..preprocess import Preprocess, open_rgb, resize_and_crop
+from ..core.errors import UserError
+from ..images.preprocess import Preprocess, open_rgb, resize_and_crop
 
 CHUNK = 16  # images one decode task reads
 GROUP = 64  # images per run call and per cache file (a runner may choose another size)

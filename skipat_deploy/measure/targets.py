@@ -1,11 +1,11 @@
 """The targets ``evaluate`` scores, as data: each says where it runs, whether it is an INT8
-model, and how its model is made from what the user gave (a checkpoint, or an exported model)
-into a :class:`~skipat_deploy.measure.stream.Runner` that runs a batch. Adding a target (a
-GPU, another phone runtime) is one entry in :data:`TARGETS`.
+model, and how it runs its model as a :class:`~skipat_deploy.measure.stream.Runner` of
+batches. Adding a target (a GPU, another phone runtime) is one entry in :data:`TARGETS`.
 
-The INT8 targets share one QDQ model: quantized once from the checkpoint (or the ``--model``
-given), then run on this CPU (``qdq``), compiled for the HTP simulator (``npu``) or for the
-phone on AI Hub (``device``).
+The models are made by the command, on demand (:class:`TargetModels`, implemented by
+:mod:`skipat_deploy.commands.evaluate`): the INT8 targets share one QDQ model, quantized once
+from the checkpoint (or the ``--model`` given), then run on this CPU (``qdq``), compiled for
+the HTP simulator (``npu``) or for the phone on AI Hub (``device``).
 """
 
 from __future__ import annotations
@@ -14,19 +14,36 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from ..checkpoint import LoadedCheckpoint, load_weights
+from ..models.checkpoint import LoadedCheckpoint, load_weights
 from ..devices import resolve_device
-from ..export import ExportConfig, check_resolution, export_onnx, read_metadata
-from ..files import sha256_file
+from ..export import check_resolution
+from ..export.artifact import CPU_INT8, read_model
+from ..core.files import sha256_file
 from ..models.registry import build_model
 from .dataset import stratified_indices
 from .stream import Runner, in_batches
 
 Step = Callable[[str], None]
 NPU_GROUP = 8  # the simulator takes seconds per image: a cache file every few images
+
+
+class TargetModels(Protocol):
+    """The models the targets run, each made once when a target first asks for it."""
+
+    notices: list[str]
+    precision: str | None  # of the QDQ model made from a checkpoint
+
+    def float_onnx(self) -> Path: ...  # the float export
+
+    def qdq_onnx(self) -> Path: ...  # the NPU's QDQ model (or the CPU INT8 model given)
+
+    def npu_context(self) -> tuple[Path, Path]: ...  # EPContext ONNX, QNN context binary
+
+    def hub_compiled(self) -> tuple[str, Path]: ...  # AI Hub compile job id, its target model
 
 
 @dataclass
@@ -40,24 +57,8 @@ class EvaluateSource:
     cfg: object  # the EvaluateConfig
     labels: np.ndarray  # of the images to score, for the targets that draw a subset
     step: Step
+    models: TargetModels
     notices: list[str] = field(default_factory=list)
-    _qdq: Path | None = None
-
-    def qdq_model(self) -> Path:
-        """The QDQ model the INT8 targets run: the ``--model`` given, or quantized once."""
-        if self._qdq is None:
-            if self.ckpt is None:
-                self._qdq = self.model
-            else:
-                from ..quant import QuantizeConfig, quantize
-
-                cfg = self.cfg
-                q = quantize(self.ckpt, self.out_dir, QuantizeConfig(
-                    resolution=self.resolution, precision=cfg.precision, backend=cfg.quant_backend,
-                    device=cfg.device, calib_dir=cfg.calib_dir), self.step)
-                self.notices.extend(n for n in q.notices if n not in self.notices)
-                self._qdq = q.qdq_onnx
-        return self._qdq
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,6 @@ def _weights_digest(ck: LoadedCheckpoint, resolution: int) -> str:
     return h.hexdigest()
 
 
-def is_cpu_int8(path: Path) -> bool:
-    return (read_metadata(path).get("quantization") or {}).get("target") == "cpu"
-
-
 # --------------------------------------------------------------------------------------------
 # The targets.
 
@@ -126,34 +123,33 @@ def _torch(src: EvaluateSource) -> Runner:
     return torch_runner(src.ckpt, src.resolution)
 
 
+def int8_runner(path: Path, name: str) -> Runner:
+    """An INT8 model on this CPU: the NPU's QDQ model with QDQ semantics, the CPU INT8 model
+    with the integer kernels it was made for (:func:`onnx_runner`)."""
+    return onnx_runner(path, name, qdq_semantics=read_model(path).kind != CPU_INT8)
+
+
 def _onnx(src: EvaluateSource) -> Runner:
-    path = src.model
-    if src.ckpt is not None:
-        (r,) = export_onnx(src.ckpt, src.out_dir, ExportConfig(resolutions=(src.resolution,)), src.step)
-        path = r.path
-    return onnx_runner(path, "onnx")
+    return onnx_runner(src.models.float_onnx(), "onnx")
 
 
 def _qdq(src: EvaluateSource) -> Runner:
-    path = src.qdq_model()
-    return onnx_runner(path, "qdq", qdq_semantics=not is_cpu_int8(path))
+    return int8_runner(src.models.qdq_onnx(), "qdq")
 
 
 def _npu(src: EvaluateSource) -> Runner:
     from ..npu import qnn
-    from ..npu.compile import CompileConfig, compile_local
 
     cfg = src.cfg
-    c = compile_local(src.qdq_model(), src.out_dir, CompileConfig(device=cfg.device), src.step)
-    ctx, binary = c.artifacts["context_onnx"], c.artifacts["context_binary"]
+    ctx, binary = src.models.npu_context()
     sess = qnn.htp_session(ctx, resolve_device(cfg.device))
     inp = sess.get_inputs()[0]
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
-    idx = stratified_indices(src.labels, cfg.npu_max_samples, cfg.seed)
+    idx = stratified_indices(src.labels, cfg.npu_samples, cfg.seed)
     note = None
     if len(idx) < len(src.labels):
         note = (f"{len(idx)} of {len(src.labels)} images only, drawn per class (--npu-samples "
-                f"{cfg.npu_max_samples}: the x86-64 HTP simulator takes seconds per image)")
+                f"{cfg.npu_samples}: the x86-64 HTP simulator takes seconds per image)")
     return Runner("npu", in_batches(lambda x: sess.run(None, {inp.name: x})[0], batch),
                   sha256_file(ctx) + sha256_file(binary), model=binary, indices=idx,
                   group=NPU_GROUP, note=note)
@@ -162,17 +158,13 @@ def _npu(src: EvaluateSource) -> Runner:
 def _device(src: EvaluateSource) -> Runner:
     """One AI Hub inference job per group of ``--samples-per-job`` images, submitted as the
     images stream in (a re-run finds its jobs in the run record)."""
-    from ..npu.compile import CompileConfig
-    from ..npu.hub import compile_hub, infer_on_device, input_specs
+    from ..npu.hub import infer_on_device, input_specs
 
     cfg = src.cfg
-    qdq = src.qdq_model()
+    qdq = src.models.qdq_onnx()
     device = resolve_device(cfg.device)
-    c = compile_hub(qdq, src.out_dir, CompileConfig(device=cfg.device, backend="hub",
-                                                    hub_timeout_s=cfg.hub_timeout_s), src.step)
-    src.notices.extend(n for n in c.notices if n not in src.notices)
+    job_id, target_model = src.models.hub_compiled()
     (input_name,) = input_specs(qdq)
-    job_id = c.jobs[0]["id"]
 
     def run(x: np.ndarray) -> np.ndarray:
         y, _, hub_notices = infer_on_device(job_id, qdq, src.out_dir, device, input_name, x,
@@ -181,7 +173,7 @@ def _device(src: EvaluateSource) -> Runner:
         return y
 
     runner = Runner("device", run, f"{sha256_file(qdq)}:{job_id}:{device.hub_devices[0]}",
-                    model=c.artifacts["target_model"], group=cfg.samples_per_job)
+                    model=target_model, group=cfg.samples_per_job)
     runner.note = f"AI Hub inference jobs of {cfg.samples_per_job} images"
     return runner
 

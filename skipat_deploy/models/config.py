@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..errors import ArchitectureError
+from ..core.errors import ArchitectureError
 
 VIT, SKIPAT = "vit", "skipat"
 DEFAULT_SKIP_INDICES = (3, 4, 5, 6, 7, 8)  # 0-based, as the official code and checkpoints use

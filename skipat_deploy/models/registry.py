@@ -9,9 +9,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field, replace
 
-from ..errors import ArchitectureError
-from ..lazy import torch
-from ..preprocess import Preprocess
+from ..core.errors import ArchitectureError
+from ..core.lazy import torch
+from ..images.preprocess import Preprocess
 from .config import DEFAULT_SKIP_INDICES, SKIPAT, VIT, ArchConfig
 
 

@@ -12,7 +12,7 @@ Two backends, one result type:
 In ``out_dir``, for ``<stem>.qdq.onnx`` and a device with SoC ``sm8450``:
 ``<stem>.sm8450.ctx.onnx`` + ``<stem>.sm8450.ctx_qnn.bin`` (local) or the downloaded AI Hub
 artifact (hub), and ``<stem>.sm8450.compile.json``, the record (with the sha256 of each
-artifact), all moved in as one staged set (:mod:`skipat_deploy.staging`).
+artifact), all moved in as one staged set (:mod:`skipat_deploy.core.staging`).
 
 A QDQ model is compiled only for the Hexagon version it was quantized for (its metadata,
 ``quantization.hexagon``); one that does not say is compiled with a notice.
@@ -21,7 +21,7 @@ The NPU gate (local): the float model is the one the QDQ model's metadata names
 (``quantization.float_onnx``, written by ``quantize``), found beside it with the recorded
 sha256; any other file is not trusted as the reference. The binary is refused, nothing written,
 when its noise against float on the check samples is more than double the CPU QDQ model's
-(:func:`skipat_deploy.quant.quantize.noise_more_than_doubled`, the rule the QDQ export is held
+(:func:`skipat_deploy.core.metrics.noise_more_than_doubled`, the rule the QDQ export is held
 to). Without a known float model the gate does not run; a notice and the record say so.
 """
 
@@ -31,130 +31,21 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-from ..devices import DeviceProfile, check_precision, device_option, resolve_device
-from ..errors import QualityGateError, UserError
-from ..export import cpu_session, read_metadata, run_qdq_cpu, sample_inputs
-from ..files import compiled_stem, model_stem, sha256_file, sha256_path
-from ..metrics import quality, sqnr_db
-from ..options import option
-from ..quant.quantize import noise_more_than_doubled
-from ..staging import staged
+from ..core.errors import UserError
+from ..core.files import compiled_stem, sha256_file, sha256_path
+from ..core.metrics import noise_more_than_doubled, quality, sqnr_db
+from ..core.staging import staged
+from ..devices import DeviceProfile
+from ..export import cpu_session, run_qdq_cpu, sample_inputs
+from ..export.artifact import qdq_beside, read_model
+from .config import CompileConfig, CompileError, CompileResult, NpuCheck, NpuGateError
 
-BACKENDS = ("local", "hub")
-TARGET_RUNTIMES = ("qnn_context_binary", "precompiled_qnn_onnx", "onnx", "tflite")
 HTP_SIMULATOR = "QNN HTP simulator (onnxruntime-qnn, x86-64)"  # numerics only, never phone data
-CPU_QDQ_VS_FLOAT = "cpu (onnxruntime, the QDQ model vs the float ONNX, on the NPU check samples)"
-
-
-def hub_timeout_option():
-    """--hub-timeout, declared once for every config that waits on AI Hub jobs."""
-    return option(3600.0, "Seconds to wait for an AI Hub job before giving up (a re-run resumes it).", flag="--hub-timeout")
-
-
-class CompileError(UserError):
-    """The compiler rejected the model."""
-
-
-@dataclass(frozen=True)
-class CompileConfig:
-    device: str = device_option()
-    backend: str = option("local", "local (offline, onnxruntime-qnn) or hub (Qualcomm AI Hub).", choices=BACKENDS)
-    # hub only; local always writes a context binary
-    target_runtime: str = option("qnn_context_binary", "AI Hub target: qnn_context_binary, precompiled_qnn_onnx, onnx or tflite.", choices=TARGET_RUNTIMES)
-    # hub only: pin the AI Hub compiler (QAIRT) version
-    qairt_version: str | None = option(None, "Pin AI Hub's QAIRT compiler version, e.g. 2.40.")
-    # validation samples run on the HTP simulator (about 1 s each for ViT-T)
-    num_check: int = option(2, "Held-out photos run on the HTP simulator and compared with the CPU QDQ model and the float model (local; the NPU gate).")
-    hub_timeout_s: float = hub_timeout_option()  # hub: give up waiting for a job after this long
-    fp16: bool = False  # local: compile a float model to run in float16 on the HTP
-    # local: several models in ONE context binary, weights stored once (api.compile_all)
-    share_weights: bool = option(False, "Local: put every --model (e.g. the 224 and 384 px models) in ONE context binary, weights stored once (targets with weight sharing: v73+).", flag="--share-weights")
-
-    def check(self) -> DeviceProfile:
-        if self.backend not in BACKENDS:
-            raise UserError(f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
-        if self.target_runtime not in TARGET_RUNTIMES:
-            raise UserError(f"unknown --target-runtime {self.target_runtime!r}: use one of "
-                            f"{', '.join(TARGET_RUNTIMES)}")
-        if self.backend == "local" and self.target_runtime != "qnn_context_binary":
-            raise UserError("the local backend writes QNN context binaries only; "
-                            "--target-runtime needs --backend hub")
-        if self.share_weights and self.backend == "hub":
-            raise UserError("--share-weights compiles locally (one context binary for several "
-                            "models); AI Hub compiles one model per job: drop --backend hub")
-        if self.num_check < 1:
-            raise UserError("--num-check must be at least 1")
-        if self.hub_timeout_s <= 0:
-            raise UserError("--hub-timeout must be positive (seconds)")
-        device = resolve_device(self.device)
-        if self.fp16:
-            check_precision(device, "fp16")
-        return device
-
-
-@dataclass
-class NpuCheck:
-    """The compiled model's outputs against the QDQ model's on ONNX Runtime CPU and, when the
-    float model is known, both against float on the same samples (the NPU gate)."""
-
-    sqnr_db: float  # NPU vs the CPU QDQ model
-    cosine_min: float
-    top1_agreement: float | None
-    num_samples: int
-    inputs: str  # what the samples were
-    runs_on: str  # what produced the NPU-side outputs
-    float_model: str | None = None  # the gate's reference (file name); None: not known
-    npu_vs_float_sqnr_db: float | None = None
-    qdq_vs_float_sqnr_db: float | None = None  # the CPU QDQ model, same samples
-    gate: str = "not run"  # "passed", or why it did not run
-
-
-class NpuGateError(QualityGateError):
-    """The compiled binary's output is much noisier against float than the CPU QDQ model's."""
-
-
-@dataclass
-class CompileResult:
-    model: Path
-    model_sha256: str
-    backend: str
-    device: str
-    soc: str
-    hexagon: str
-    artifacts: dict[str, Path]
-    record: Path
-    check: NpuCheck | None
-    versions: dict[str, str]
-    seconds: float
-    jobs: list[dict] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
-    quantized: object | None = None  # the QuantizeResult when compile ran quantize first
-    sha256: dict[str, str] = field(default_factory=dict)  # artifact kind -> its sha256
-    made: dict[str, Path] = field(default_factory=dict)  # written before compiling (fp16: the export)
-
-    def files(self) -> dict[str, Path]:
-        """What compiling wrote, by kind (the names ``--json`` lists them under); the quantized
-        model's files are ``quantized.files()``."""
-        return {**self.made, **self.artifacts, "compile_record": self.record}
-
-    def to_json(self) -> dict:
-        quantized, self.quantized = self.quantized, None
-        try:
-            d = asdict(self)
-        finally:
-            self.quantized = quantized
-        d["quantized"] = None if quantized is None else str(quantized.report_json)
-        d["model"] = str(self.model)
-        d["record"] = str(self.record)
-        d["artifacts"] = {k: str(v) for k, v in self.artifacts.items()}
-        d["made"] = {k: str(v) for k, v in self.made.items()}
-        return d
 
 
 def check_model(model: str | Path, backend: str, fp16: bool = False) -> Path:
@@ -172,22 +63,14 @@ def check_model(model: str | Path, backend: str, fp16: bool = False) -> Path:
         if len(onnx_files) != 1 or len(list(model.glob("*.encodings"))) > 1:
             raise UserError(f"{model} must hold exactly one .onnx and at most one .encodings")
         return model
-    quantized = _quantized(model)
+    quantized = read_model(model).int8
     if backend == "local" and not quantized and not fp16:
         raise UserError(f"{model.name} is a float model: give the .qdq.onnx from `skipat-deploy "
-                        "quantize` (or --ckpt to quantize first), or --precision fp16 to run it "
+                        "quantize` (or --ckpt to quantize first), or --fp16 to run it "
                         "in float16 on targets that can")
     if fp16 and quantized:
-        raise UserError(f"{model.name} is quantized: --precision fp16 compiles the float .onnx")
+        raise UserError(f"{model.name} is quantized: --fp16 compiles the float .onnx")
     return model
-
-
-def _quantized(model: Path) -> bool:
-    try:
-        graph = onnx.load(str(model), load_external_data=False).graph
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise UserError(f"{model} is not a readable ONNX model ({type(e).__name__})") from None
-    return any(n.op_type == "QuantizeLinear" for n in graph.node)
 
 
 def check_target(model: Path, device: DeviceProfile) -> str | None:
@@ -196,10 +79,11 @@ def check_target(model: Path, device: DeviceProfile) -> str | None:
     report would not describe what this NPU computes. A ``.aimet`` folder is judged by the QDQ
     model exported beside it; a float model passes. Returns a notice when the model does not
     say."""
-    if model.is_file() and not _quantized(model):
+    source = qdq_beside(model) if model.is_dir() else model
+    artifact = read_model(source) if source.is_file() else None
+    if artifact is not None and not artifact.int8:
         return None
-    source = model.with_name(f"{model_stem(model)}.qdq.onnx") if model.is_dir() else model
-    made_for = (read_metadata(source).get("quantization") or {}).get("hexagon") if source.is_file() else None
+    made_for = artifact.quantization.hexagon if artifact and artifact.quantization else None
     if made_for is None:
         return (f"{model.name} does not say which Hexagon version it was quantized for (no "
                 f"skipat-deploy quantization metadata): compiled as given for {device.name} "
@@ -208,22 +92,6 @@ def check_target(model: Path, device: DeviceProfile) -> str | None:
         raise UserError(f"{model.name} was quantized for Hexagon {made_for} but {device.name} has "
                         f"{device.hexagon}: quantize for it (--device) or compile with --ckpt")
     return None
-
-
-def recorded_float_model(model: Path) -> tuple[Path | None, str]:
-    """The float ONNX the QDQ ``model`` was quantized from (see the module docstring), or
-    None and why it is not known."""
-    recorded = (read_metadata(model).get("quantization") or {}).get("float_onnx")
-    if not recorded:
-        return None, (f"{model.name} does not name the float model it was quantized from "
-                      "(made by another tool or an older skipat-deploy)")
-    path = model.parent / recorded["file"]
-    if not path.is_file():
-        return None, f"{recorded['file']}, the float model it was quantized from, is not beside it"
-    if sha256_file(path) != recorded["sha256"]:
-        return None, (f"{path.name} beside it is not the float model it was quantized from "
-                      "(its sha256 differs)")
-    return path, ""
 
 
 def npu_check(reference: list[np.ndarray], test: list[np.ndarray], inputs: str, runs_on: str,
@@ -264,13 +132,13 @@ def _check(model: Path, ctx: Path, device: DeviceProfile, cfg: CompileConfig,
     from . import qnn
 
     sess = qnn.htp_session(ctx, device, fp16=cfg.fp16)
-    x, described, classifier = sample_inputs(model, cfg.num_check, tuple(sess.get_inputs()[0].shape))
+    x, described, classifier = sample_inputs(model, cfg.npu_samples, tuple(sess.get_inputs()[0].shape))
     npu = run_htp(sess, x)
     cpu = run_qdq_cpu(model, np.concatenate(x))  # one CPU session for all samples
     check = npu_check(list(cpu), list(npu), described, HTP_SIMULATOR, classifier)
     if cfg.fp16:  # the CPU model is the float model: sqnr_db is already the NPU against float
         return replace(check, gate="not applicable: fp16 has no QDQ noise to compare with")
-    reference, why = recorded_float_model(model)
+    reference, why = read_model(model).float_model()
     if reference is None:
         notices.append(f"the NPU gate did not run: {why}; the binary was compared with the CPU "
                        "QDQ model only")

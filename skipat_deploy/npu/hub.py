@@ -23,10 +23,11 @@ import numpy as np
 import onnx
 
 from ..devices import DeviceProfile
-from ..errors import UserError
-from ..files import atomic_path, compiled_stem, sha256_path
-from ..staging import staged
-from .compile import CompileConfig, CompileError, CompileResult, check_target, npu_check, write_record
+from ..core.errors import UserError
+from ..core.files import atomic_path, compiled_stem, sha256_path
+from ..core.staging import staged
+from .compile import check_target, npu_check, write_record
+from .config import CompileConfig, CompileError, CompileResult
 
 POLL_SECONDS = 15.0  # how often a running job's state is read
 RETRY_DELAYS = (5.0, 20.0, 60.0)  # backoff between attempts after a transient failure

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from ..devices import DeviceProfile
-from ..errors import UserError
+from ..core.errors import UserError
 
 _registered = False
 

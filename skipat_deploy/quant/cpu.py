@@ -37,15 +37,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..checkpoint import LoadedCheckpoint
+from ..models.checkpoint import LoadedCheckpoint
 from ..devices import CPU_ENCODINGS, CpuEncoding, cpu_host, cpu_int8_warning
-from ..errors import UserError
+from ..core.errors import UserError
 from ..export import DEFAULT_RESOLUTION, INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, export_onnx
-from ..files import sha256_file
-from ..lazy import torch
-from ..metrics import Quality, quality
-from ..options import option
-from ..staging import staged
+from ..core.files import sha256_file
+from ..core.lazy import torch
+from ..core.metrics import Quality, quality
+from ..core.options import option
+from ..core.staging import staged
 from .quantize import DEFAULT_NUM_CALIB, QuantizeConfig, quantization_samples
 
 CPU_INT8_OPS = ("MatMul", "Gemm", "Conv")

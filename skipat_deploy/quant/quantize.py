@@ -14,7 +14,7 @@
 Precisions: ``w8a8`` and ``w8a16`` (8-bit per-channel weights, 8- or 16-bit activations) and
 ``mixed``: 8-bit activations except the most sensitive layers (at most a quarter of the
 activation quantizers), promoted to 16-bit. Everything is built in a stage
-(:mod:`skipat_deploy.staging`) and moved into place as one set only after every check has
+(:mod:`skipat_deploy.core.staging`) and moved into place as one set only after every check has
 passed; the report records the sha256 of each model beside it.
 """
 
@@ -29,18 +29,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .. import calibration
-from ..checkpoint import LoadedCheckpoint, load_weights
+from ..images import calibration
+from ..models.checkpoint import LoadedCheckpoint, load_weights
 from ..devices import check_precision, device_option, resolve_device
-from ..errors import ExportValidationError, UserError
+from ..core.errors import ExportValidationError, UserError
 from ..export import (DEFAULT_RESOLUTION, INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, check_resolution,
                       export_onnx, output_name, run_qdq_cpu)
-from ..files import sha256_file, sha256_path
-from ..lazy import torch
-from ..metrics import Quality, quality, sqnr_db
+from ..core.files import sha256_file, sha256_path
+from ..core.lazy import torch
+from ..core.metrics import Quality, noise_more_than_doubled, quality, sqnr_db
 from ..models.registry import build_model
-from ..options import option
-from ..staging import staged
+from ..core.options import check_declared, option
+from ..core.staging import staged
 from .report import LayerSensitivity, write_layers_csv, write_noise_chart
 
 PRECISIONS = ("w8a8", "w8a16", "mixed")
@@ -49,43 +49,25 @@ TARGETS = ("npu", "cpu")  # the NPU's QDQ model, the CPU INT8 model (quant.cpu)
 # Every command that quantizes defaults to these (profile and compare say why they use w8a8).
 DEFAULT_PRECISION = "w8a16"
 DEFAULT_NUM_CALIB = 64
-# The QDQ ONNX must compute what the AIMET simulation computes. What the check guards against is
-# an export fault: a quantizer missing, mis-scaled or with a wrong zero point in the QDQ graph.
-# A fault that matters adds error of the order of the whole quantization noise or more. A
-# faithful export differs from the simulation only by integer rounding (int32 bias, summation
-# order), whose noise adds to the simulation's own. So the QDQ model is refused only when its
-# noise against float exceeds the simulation's by more than the simulation's whole noise (the
-# export at least doubled the error): a QDQ model as good as the simulation always passes,
-# whatever the photos, and the margin scales with the precision instead of being a fixed dB gap.
-# The NPU gate (npu.compile) holds the compiled binary to the CPU QDQ model by the same rule.
-QDQ_EXCESS_NOISE_DB = 10 * np.log10(2.0)
-
-
-def noise_more_than_doubled(sqnr_db: float, reference_sqnr_db: float) -> bool:
-    """Whether a model's noise against float exceeds a reference model's noise against float
-    by more than that whole noise again (SQNRs in dB; see :data:`QDQ_EXCESS_NOISE_DB`)."""
-    return sqnr_db < reference_sqnr_db - QDQ_EXCESS_NOISE_DB
-
-
 @dataclass(frozen=True)
 class QuantizeConfig:
     resolution: int = option(DEFAULT_RESOLUTION, "Input size in px; calibration runs at this grid.")
     calib_dir: Path | None = option(None, "Folder of calibration images (.jpg/.png, searched recursively; a seeded sample spread over its subfolders is used); default: real photos bundled with scikit-image.", flag="--calib")
-    num_calib: int = option(DEFAULT_NUM_CALIB, "Calibration samples (photos, then further crops of them).")
+    num_calib: int = option(DEFAULT_NUM_CALIB, "Calibration samples (photos, then further crops of them).", minimum=1)
     eval_dir: Path | None = option(None, "Folder of held-out images for the quality report; default: a disjoint split of --calib.", flag="--eval")
-    num_eval: int = option(16, "Evaluation samples.")
+    num_eval: int = option(16, "Evaluation samples.", minimum=1)
     # Held-out samples also run on the NPU (the HTP simulator, seconds each) for the report's
     # npu_sqnr_db, when quantize is given a way to run them (api.quantize, where onnxruntime-qnn
     # is installed); 0: off.
-    npu_samples: int = option(2, "Of those, run on the HTP simulator for the NPU's own SQNR vs float (needs onnxruntime-qnn; seconds each; 0: off).")
+    npu_samples: int = option(2, "Of those, run on the HTP simulator for the NPU's own SQNR vs float (needs onnxruntime-qnn; seconds each; 0: off).", minimum=0)
     # Which model: the NPU's QDQ model (this module) or the CPU INT8 model (quant.cpu, from the
     # same calibration options: CpuInt8Config.like).
     target: str = option("npu", "npu (default: the QDQ model the Hexagon NPU runs) or cpu (an INT8 model for ONNX Runtime's integer kernels: the CPU fallback, <stem>.cpu_int8.onnx).", choices=TARGETS)
     precision: str = option(DEFAULT_PRECISION, "w8a8, w8a16 or mixed (8-bit activations, the most sensitive layers 16-bit).", choices=PRECISIONS)
-    backend: str = option("aimet", "aimet (default) or ort (onnxruntime.quantization, QNN config).", choices=BACKENDS)
+    quant_backend: str = option("aimet", "The quantizer: aimet (default) or ort (onnxruntime.quantization, QNN config).", choices=BACKENDS, old_flag="--backend")
     device: str = device_option()
     adaround: bool = option(False, "AdaRound the weights (AIMET).", flag="--adaround")
-    qat_steps: int = option(0, "Distillation fine-tune steps of the simulation on the calibration images.")
+    qat_steps: int = option(0, "Distillation fine-tune steps of the simulation on the calibration images.", minimum=0)
     # Rotate the residual stream (float-equivalent; quant.rotate). None: where it pays,
     # with 8-bit activations. At w8a16 the activations are fine and the weights dominate the
     # noise, which rotation makes harder to round (DINOv2 w8a16 before GPTQ clipping: 33.99 dB plain, 33.07 rotated;
@@ -99,18 +81,9 @@ class QuantizeConfig:
 
     def check(self):
         """Reject bad options before any work; returns the device profile."""
-        if self.target not in TARGETS:
-            raise UserError(f"--target {self.target!r}: use npu or cpu")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if self.backend not in BACKENDS:
-            raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if self.backend == "ort" and (self.precision == "mixed" or self.adaround or self.qat_steps):
-            raise UserError("mixed precision, --adaround and --qat-steps need --backend aimet")
-        if self.npu_samples < 0:
-            raise UserError("--npu-samples must be 0 (off) or more")
-        if self.num_calib < 1 or self.num_eval < 1 or self.qat_steps < 0:
-            raise UserError("--num-calib and --num-eval must be at least 1, --qat-steps at least 0")
+        check_declared(self)
+        if self.quant_backend == "ort" and (self.precision == "mixed" or self.adaround or self.qat_steps):
+            raise UserError("mixed precision, --adaround and --qat-steps need --quant-backend aimet")
         for what, folder in (("--calib", self.calib_dir), ("--eval", self.eval_dir)):
             if folder is not None and not Path(folder).is_dir():
                 raise UserError(f"{what} folder not found: {folder}")
@@ -190,7 +163,7 @@ class QuantizeResult:
 def check_reproduces_simulation(qdq: Path, q: Quality, sim: Quality, qdq_vs_sim_db: float,
                                 max_abs_diff: float) -> None:
     """Raise :class:`ExportValidationError` when the QDQ model is clearly worse than the
-    simulation it was exported from (see :data:`QDQ_EXCESS_NOISE_DB`)."""
+    simulation it was exported from (see :data:`skipat_deploy.core.metrics.QDQ_EXCESS_NOISE_DB`)."""
     if not noise_more_than_doubled(q.sqnr_db, sim.sqnr_db):
         return
     raise ExportValidationError(
@@ -299,7 +272,7 @@ def quantize(
 
     out_dir = Path(out_dir)
     base = artifact_name(ckpt, res, 1).removesuffix(".onnx")
-    tag = f"{base}_{cfg.precision}_{device.hexagon}" + ("_ort" if cfg.backend == "ort" else "")
+    tag = f"{base}_{cfg.precision}_{device.hexagon}" + ("_ort" if cfg.quant_backend == "ort" else "")
     with staged(out_dir) as stage:
         tmp = stage.dir  # everything here moves into out_dir together
         step("exporting the float model")
@@ -313,7 +286,7 @@ def quantize(
         promoted: list[str] = []
         sens: list[LayerSensitivity] = []
         n_act = 0
-        if cfg.backend == "aimet":
+        if cfg.quant_backend == "aimet":
             from . import aimet
 
             flow = aimet.run(model, xc, xe, ref, cfg, device, step)
@@ -342,7 +315,7 @@ def quantize(
             step("onnxruntime.quantization (QNN QDQ config)")
             quantize_ort(str(source), str(qdq), xc, INPUT_NAME,
                          16 if cfg.precision == "w8a16" else 8, 1)
-        _set_metadata(qdq, _metadata(float_res, cfg.precision, cfg.backend, device, promoted,
+        _set_metadata(qdq, _metadata(float_res, cfg.precision, cfg.quant_backend, device, promoted,
                                      calib_set.source))
         step("evaluating the QDQ ONNX on the CPU")
         q_out = run_qdq_cpu(qdq, xe)
@@ -366,7 +339,7 @@ def quantize(
         result = QuantizeResult(
             qdq_onnx=final["qdq_onnx"], float_onnx=final["float_onnx"],
             report_json=final["report_json"], layers_csv=final["layers_csv"],
-            noise_png=final["noise_png"], aimet_dir=final["aimet_dir"], precision=cfg.precision, backend=cfg.backend,
+            noise_png=final["noise_png"], aimet_dir=final["aimet_dir"], precision=cfg.precision, backend=cfg.quant_backend,
             device=device.name, hexagon=device.hexagon, resolution=res, quality=q,
             sim_quality=sim_q, qdq_vs_sim_sqnr_db=qdq_vs_sim, weights_only_sqnr_db=weights_only,
             promoted=promoted,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..errors import RewriteError
+from ..core.errors import RewriteError
 from . import equalize, rotate
 
 # Samples the equivalence check runs (three forward passes each, two of them in float64).

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...metrics import sqnr_db
+from ...core.metrics import sqnr_db
 from ...models import layers as L
 from ..qdq import power_of_two_step
 from .sim import InputSource, input_sources, module_consumers

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...metrics import sqnr_db
+from ...core.metrics import sqnr_db
 from .sim import _out_bw, activation_modules, input_sources, module_consumers
 
 # Calibration samples the per-layer sensitivity is measured on (one forward of them per

@@ -34,3 +34,21 @@ def quality(ref: np.ndarray, test: np.ndarray, classifier: bool) -> Quality:
     cos = np.sum(r * t, 1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(t, axis=1) + 1e-30)
     top1 = float(np.mean(r.argmax(1) == t.argmax(1))) if classifier else None
     return Quality(sqnr_db(r, t), float(cos.mean()), float(cos.min()), top1, len(r))
+
+
+# The QDQ ONNX must compute what the AIMET simulation computes. What the check guards against is
+# an export fault: a quantizer missing, mis-scaled or with a wrong zero point in the QDQ graph.
+# A fault that matters adds error of the order of the whole quantization noise or more. A
+# faithful export differs from the simulation only by integer rounding (int32 bias, summation
+# order), whose noise adds to the simulation's own. So the QDQ model is refused only when its
+# noise against float exceeds the simulation's by more than the simulation's whole noise (the
+# export at least doubled the error): a QDQ model as good as the simulation always passes,
+# whatever the photos, and the margin scales with the precision instead of being a fixed dB gap.
+# The NPU gate (npu.compile) holds the compiled binary to the CPU QDQ model by the same rule.
+QDQ_EXCESS_NOISE_DB = 10 * np.log10(2.0)
+
+
+def noise_more_than_doubled(sqnr_db: float, reference_sqnr_db: float) -> bool:
+    """Whether a model's noise against float exceeds a reference model's noise against float
+    by more than that whole noise again (SQNRs in dB; see :data:`QDQ_EXCESS_NOISE_DB`)."""
+    return sqnr_db < reference_sqnr_db - QDQ_EXCESS_NOISE_DB

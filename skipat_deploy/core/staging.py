@@ -12,7 +12,7 @@ Every stage writes through one transaction::
   moving in is a rename. Its top-level entries move into ``out_dir`` as a set when the block
   succeeds, replacing what stood there (JSON reports last).
 * On any exception, Ctrl-C (``KeyboardInterrupt``) or SIGTERM (turned into
-  :class:`~skipat_deploy.errors.Terminated` by :func:`interrupts_as_exceptions`), nothing new
+  :class:`~skipat_deploy.core.errors.Terminated` by :func:`interrupts_as_exceptions`), nothing new
   stays in ``out_dir``: the stage's folder is removed, files it displaced are put back, an
   ``out_dir`` the transaction created is removed again. SIGINT and SIGTERM are held off while
   files move or are put back; one that arrives during the move undoes it.
@@ -191,7 +191,7 @@ def _raise_terminated(signum, frame):
 @contextlib.contextmanager
 def interrupts_as_exceptions(then_ignore: bool = False) -> Iterator[None]:
     """For a whole command: SIGINT raises ``KeyboardInterrupt`` and SIGTERM
-    :class:`~skipat_deploy.errors.Terminated`, so every ``staged`` block undoes itself. On the
+    :class:`~skipat_deploy.core.errors.Terminated`, so every ``staged`` block undoes itself. On the
     way out the previous handlers come back; a signal held since :func:`hold_interrupts` is
     dropped (the command's outcome was already decided). A signal the process was started
     ignoring (``nohup``, a background job's SIGINT) stays ignored. ``then_ignore`` (a process

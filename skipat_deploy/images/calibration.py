@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import UserError
+from ..core.errors import UserError
 from .preprocess import IMAGE_SUFFIXES, Preprocess, open_rgb, resize_and_crop, to_tensor
 
 _SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",

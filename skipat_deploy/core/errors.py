@@ -60,4 +60,4 @@ class RewriteError(Exception):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (CI cancelling a job), raised like Ctrl-C's ``KeyboardInterrupt`` so that every
-    cleanup runs (:func:`skipat_deploy.staging.interrupts_as_exceptions`); the CLI exits 143."""
+    cleanup runs (:func:`skipat_deploy.core.staging.interrupts_as_exceptions`); the CLI exits 143."""

@@ -23,12 +23,16 @@ class Opt:
     help: str
     flag: str | None = None  # default: --<field-name> with dashes; "--x/--no-x" for a switch pair
     metavar: str | None = None
-    choices: tuple[str, ...] | None = None  # said in --help and checked by the config
+    choices: tuple[str, ...] | None = None  # said in --help, checked by check_declared
+    minimum: float | None = None  # the smallest value allowed, checked by check_declared
     # One command-line value turned into the field's value: "ints" / "names" (comma-separated),
     # or a function (text, flag) -> value. The command line's default is then None: the field's.
     parse: str | Callable[[str, str], Any] | None = None
     repeat: bool = False  # a tuple field given by repeating the flag
     show_default: bool = True
+    # A flag this option had before: still accepted (command line and API keyword), with a
+    # deprecation notice on the command line.
+    old_flag: str | None = None
 
 
 def option(default: Any, help: str, **facts: Any) -> Any:
@@ -52,7 +56,26 @@ def names(f: dataclasses.Field) -> tuple[str, ...]:
     """The keywords that set field ``f`` through the API: its name and its flag's."""
     if KEY not in f.metadata:
         return (f.name,)
-    return tuple(dict.fromkeys((f.name, flag(f).lstrip("-").replace("-", "_"))))
+    opt = f.metadata[KEY]
+    old = (opt.old_flag.lstrip("-").replace("-", "_"),) if opt.old_flag else ()
+    return tuple(dict.fromkeys((f.name, flag(f).lstrip("-").replace("-", "_"), *old)))
+
+
+def check_declared(config: Any) -> None:
+    """Refuse a value outside a field's declared ``choices`` or under its ``minimum``: one line
+    naming the flag and what it accepts (every config's ``check()`` starts here)."""
+    from .errors import UserError
+
+    for f, opt, _ in declared(type(config)):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for v in values:
+            if opt.choices is not None and v not in opt.choices:
+                raise UserError(f"{flag(f)} {v!r}: choose one of {', '.join(opt.choices)}")
+            if opt.minimum is not None and v < opt.minimum:
+                raise UserError(f"{flag(f)} must be at least {opt.minimum:g}, got {v}")
 
 
 def fill(config: Any, options: dict[str, Any], *, rename: dict[str, str] | None = None) -> Any:

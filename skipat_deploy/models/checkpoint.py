@@ -25,19 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArchitectureError, CheckpointError, UnsafeCheckpointError
-from .files import sha256_file
-from .lazy import functional as F, torch
-from .models.config import DEFAULT_SKIP_INDICES, SKIPAT, VIT, ArchConfig
-from .models.registry import ModelSpec, build_model, get_spec, match_spec
-from .options import option
-from .preprocess import FIELDS, INTERPOLATIONS, PreprocessOverrides, parse_number, parse_rgb, resolve
+from ..core.errors import ArchitectureError, CheckpointError, UnsafeCheckpointError
+from ..core.files import sha256_file
+from ..core.lazy import functional as F, torch
+from .config import DEFAULT_SKIP_INDICES, SKIPAT, VIT, ArchConfig
+from .registry import ModelSpec, build_model, get_spec, init_weights, match_spec
+from ..core.options import option
+from ..images.preprocess import FIELDS, GIVEN, INTERPOLATIONS, PreprocessOverrides, parse_number, parse_rgb, resolve
 
 CONTAINER_KEYS = ("model", "state_dict_ema", "state_dict", "model_ema")
 TORCH_SUFFIXES = (".pth", ".pt", ".t7", ".pth.tar", ".tar", ".bin", ".ckpt")
 # Keys some checkpoints carry that the exported model has no use for (timm drops them too).
 IGNORED_KEYS = ("mask_token",)
 DEFAULT_HEAD_DIM = 64
+DEFAULT_ARCH = "skipat_tiny_patch16"  # what runs without a checkpoint
 
 
 @dataclass(frozen=True)
@@ -414,3 +415,33 @@ def _with_arch(spec: ModelSpec, a: ArchConfig, overrides: dict, skip_indices) ->
             raise ArchitectureError(f"--skip-indices given but {spec.name} is a plain ViT")
         a = a.with_skip_indices(tuple(skip_indices))
     return replace(spec, arch=a)
+
+
+def fresh_checkpoint(arch: str, seed: int = 0) -> LoadedCheckpoint:
+    """Freshly initialised (seeded) weights of a registered architecture: for latency work and
+    demos; its outputs mean nothing."""
+    spec = get_spec(arch)
+    model = init_weights(build_model(spec.arch), seed)
+    return LoadedCheckpoint(spec, model.state_dict(), None)
+
+
+def load(cfg: LoadConfig) -> LoadedCheckpoint:
+    """The load stage: ``cfg.ckpt``'s weights and model spec (:func:`load_checkpoint`), or
+    freshly initialised ``cfg.arch`` (default SkipAt-T) with the given head dim, skip indices
+    and pre-processing when there is no checkpoint."""
+    given = cfg.check().preprocess
+    if cfg.ckpt is not None:
+        return load_checkpoint(cfg.ckpt, cfg.arch, cfg.skip_indices, cfg.head_dim,
+                               cfg.allow_code_execution, given)
+    loaded = fresh_checkpoint(cfg.arch or DEFAULT_ARCH)
+    spec = loaded.spec
+    if cfg.head_dim not in (spec.arch.head_dim, DEFAULT_HEAD_DIM):  # the default: the arch's own
+        if spec.arch.embed_dim % cfg.head_dim:
+            raise ArchitectureError(f"{spec.name}'s embed dim {spec.arch.embed_dim} is not a "
+                                    f"multiple of --head-dim {cfg.head_dim}")
+        spec = replace(spec, arch=replace(spec.arch, num_heads=spec.arch.embed_dim // cfg.head_dim))
+    if cfg.skip_indices is not None:
+        spec = replace(spec, arch=spec.arch.with_skip_indices(cfg.skip_indices))
+    if given:
+        spec = replace(spec, preprocess=given.apply_to(spec.preprocess, GIVEN))
+    return replace(loaded, spec=spec)

@@ -1,0 +1,97 @@
+"""``profile``: a model -> measure; from a checkpoint, load -> the float export and the CPU INT8
+model -> CPU timing, or load -> quantize -> AI Hub (compile + profiling job on the phone)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from ..core.staging import staged
+from ..export import ExportConfig, check_resolution, export_onnx
+from ..models.checkpoint import LoadConfig, LoadedCheckpoint, load
+from ..measure.compare import resolve_backend
+from ..measure.profile import ProfileConfig, ProfileOutcome, profile_cpu_models, profile_hub
+from ..npu.compile import check_model
+from ..quant import QuantizeConfig, quantize
+from ..quant.cpu import CpuInt8Config, quantize_cpu
+from .inputs import model_preprocess, noted, one_source
+
+Step = Callable[[str], None]
+
+# The quantizer's defaults where latency is the question (profile and compare): the fastest
+# flavour, w8a8, not quantize's w8a16 (a latency figure is quoted for it); and calibration
+# small enough to keep the command about timing (latency does not depend on the ranges; give
+# --num-calib for an INT8 model whose accuracy matters, e.g. compare --eval).
+QUANTIZE = QuantizeConfig(precision="w8a8", num_calib=16, num_eval=4)
+
+
+def run(model: Path | None, load_cfg: LoadConfig, out_dir: str | Path, cfg: ProfileConfig,
+        qcfg: QuantizeConfig, step: Step) -> ProfileOutcome:
+    """``hub``: compile + a profiling inference job on the phone (the QDQ ``model``, or the
+    checkpoint quantized with ``qcfg`` first); ``cpu``: ONNX Runtime here (``model``, or the
+    checkpoint's float export beside its CPU INT8 model); ``auto``: hub when configured."""
+    one_source(model, load_cfg.ckpt, "--model")
+    model_preprocess(load_cfg, model)
+    ccfg = cfg.compile_config()
+    device = ccfg.check()
+    qcfg = replace(qcfg, resolution=cfg.resolution, device=cfg.device)
+    notices: list[str] = []
+    backend = resolve_backend(cfg.backend, notices)
+    if backend == "hub":
+        from ..npu.hub import preflight
+
+        qcfg.check()
+        preflight(device)  # unreachable, bad token, unknown device: now, not after quantizing
+    if model is None:
+        loaded = load(load_cfg)
+        out = profile_checkpoint(loaded, Path(out_dir), backend, cfg, qcfg, step)
+        out.notices[:0] = notices
+        return noted(out, loaded)
+    out = ProfileOutcome(backend, device.name, notices=notices)
+    if backend == "cpu":
+        step(f"timing on the CPU ({cfg.runs} runs)")
+        out.cpu, out.cpu_ratio = profile_cpu_models([Path(model)], cfg.runs, cfg.warmup, cfg.threads, cfg.budget_s)
+        return out
+    check_model(model, "hub")
+    out.compiled, out.hub = profile_hub(model, out_dir, ccfg, step)
+    out.notices.extend(out.hub.notices)
+    return out
+
+
+def fp32_and_int8(ckpt: LoadedCheckpoint, out_dir: Path, qcfg: QuantizeConfig, step: Step,
+                  made: list | None = None) -> list[Path]:
+    """The float export and the CPU INT8 model of it (:mod:`skipat_deploy.quant.cpu`, from the
+    quantizer's calibration options ``qcfg``), for CPU timing at ``qcfg.resolution``. ``made``
+    collects every file written, as (kind, path)."""
+    res = qcfg.resolution
+    with staged(out_dir):
+        step(f"exporting at {res}px")
+        (r,) = export_onnx(ckpt, out_dir, ExportConfig(resolutions=(res,)))
+        step(f"CPU INT8 at {res}px (integer kernels of ONNX Runtime)")
+        q = quantize_cpu(ckpt, out_dir, CpuInt8Config.like(qcfg), step)
+    if made is not None:
+        made += [("float_onnx", r.path), *q.files().items()]
+    return [r.path, q.path]
+
+
+def profile_checkpoint(ckpt: LoadedCheckpoint, out_dir: Path, backend: str, cfg: ProfileConfig,
+                       qcfg: QuantizeConfig, step: Step) -> ProfileOutcome:
+    """``cpu`` (``backend``, resolved): time the FP32 export and the CPU INT8 model of it;
+    ``hub``: quantize (``qcfg``) and profile the NPU's QDQ model on the phone."""
+    ccfg = cfg.compile_config()
+    device = ccfg.check()
+    check_resolution(cfg.resolution, ckpt.arch.patch_size)
+    out = ProfileOutcome(backend, device.name)
+    with staged(out_dir):  # the models made are kept only if the profile succeeds
+        if backend == "cpu":
+            models = fp32_and_int8(ckpt, Path(out_dir), qcfg, step, out.made)
+            step(f"timing on the CPU ({cfg.runs} runs)")
+            out.cpu, out.cpu_ratio = profile_cpu_models(models, cfg.runs, cfg.warmup, cfg.threads, cfg.budget_s)
+            return out
+        q = quantize(ckpt, out_dir, qcfg, step)
+        out.made += q.files().items()
+        out.notices.extend(q.notices)
+        out.compiled, out.hub = profile_hub(q.qdq_onnx, out_dir, ccfg, step)
+    out.notices.extend(out.hub.notices)
+    return out
