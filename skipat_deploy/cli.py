@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from . import api, render
+from . import api, process, render
 from .commands import compare as compare_command, profile as profile_command
 from .commands.bundle import BundleConfig
 from .models.checkpoint import LoadConfig
@@ -34,7 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Export, quantize, compile and profile ViT / SkipAt models for Snapdragon NPUs.",
 )
-run_command = render.run_command
+run_command = process.run_command
 
 
 def _version(value: bool) -> None:
@@ -82,13 +82,13 @@ def quantize(run, a):
     (render.show_cpu_int8 if cfg.target == "cpu" else render.show_quantized)(run, r)
 
 
-WITH_CKPT = F(QuantizeConfig, "resolution " + QUANTIZER, prefix="With --ckpt: ")
+WITH_CKPT = F(QuantizeConfig, "resolution " + QUANTIZER, prefix="With --ckpt: ", old_flags=False)
 
 
 @command(app, "compile", [
     Input("model", Optional[list[Path]], "QDQ ONNX from `skipat-deploy quantize` (for --backend hub also a .aimet folder). Repeat with --share-weights.", "--model", None),
     F(CompileConfig, "share_weights"), CKPT,
-    F(CompileConfig, "device backend fp16 target_runtime qairt_version npu_samples hub_timeout_s"),
+    F(CompileConfig, "device compiler fp16 target_runtime qairt_version npu_samples hub_timeout_s"),
     WITH_CKPT, out(api.compile, "Artifact folder."), *LOAD_REST], run_command)
 def compile_(run, a):
     """Compile for the phone's NPU: a QNN context binary (.bin) for its SoC, checked on the HTP
@@ -104,7 +104,7 @@ def compile_(run, a):
 
 @command(app, "profile", [
     Input("model", Optional[Path], "ONNX to profile (hub: a QDQ ONNX).", "--model", None), CKPT,
-    ProfileConfig, F(QuantizeConfig, QUANTIZER, prefix="With --ckpt: ", base=profile_command.QUANTIZE),
+    ProfileConfig, F(QuantizeConfig, QUANTIZER, prefix="With --ckpt: ", base=profile_command.QUANTIZE, old_flags=False),
     out(api.profile, "Results folder (run records, raw profiles)."),
     *LOAD_REST], run_command)
 def profile(run, a):
@@ -120,7 +120,7 @@ def profile(run, a):
 @command(app, "compare", [
     Input("vit", Optional[Path], "ViT checkpoint (default: freshly initialised ViT-T/16).", "--vit", None),
     Input("skipat", Optional[Path], "SkipAt checkpoint (default: freshly initialised SkipAt-T/16).", "--skipat", None),
-    CompareConfig, F(QuantizeConfig, QUANTIZER, base=compare_command.QUANTIZE),
+    CompareConfig, F(QuantizeConfig, QUANTIZER, base=compare_command.QUANTIZE, old_flags=False),
     out(api.compare, "Where compare.md / .json / .csv / .png go."),
     F(LoadConfig, "skip_indices head_dim", help={
         "skip_indices": "The SkipAt model's blocks replaced by Φ, 0-based (checkpoints do not store them; default 3,4,5,6,7,8).",
@@ -143,7 +143,7 @@ def compare(run, a):
     F(LoadConfig, "ckpt", help={"ckpt": "Trained classifier checkpoint (targets torch, onnx, qdq, npu, device)."}),
     Input("model", Optional[Path], "An exported .onnx (target onnx) or .qdq.onnx (qdq, npu, device) instead of --ckpt.", "--model", None),
     F(EvaluateConfig, "labels targets resolution device num_samples seed npu_samples samples_per_job max_top1_drop hub_timeout_s"),
-    F(QuantizeConfig, QUANTIZER, prefix="INT8 targets from --ckpt: "),
+    F(QuantizeConfig, QUANTIZER, prefix="INT8 targets from --ckpt: ", old_flags=False),
     out(api.evaluate, "Artifact and report folder."), *LOAD_REST], run_command)
 def evaluate(run, a):
     """Top-1 / top-5 on a labelled dataset: float against INT8 on the CPU, the NPU and the phone,
@@ -154,7 +154,7 @@ def evaluate(run, a):
     render.show_evaluate(run, r)
 
 
-@command(app, "bundle", [CKPT, BundleConfig, F(QuantizeConfig, QUANTIZER),
+@command(app, "bundle", [CKPT, BundleConfig, F(QuantizeConfig, QUANTIZER, old_flags=False),
                          out(api.bundle, "Where the bundle folders go."), *LOAD_REST], run_command)
 def bundle(run, a):
     """Build an app bundle: float + QDQ ONNX, .aimet, QNN context binaries per device, labels,
@@ -214,5 +214,5 @@ def devices(run, a):
 
 
 def main() -> None:
-    render.EXITS_AFTER_COMMAND["yes"] = True
+    process.EXITS_AFTER_COMMAND["yes"] = True
     app()

@@ -33,6 +33,7 @@ class Fields:
     help: dict[str, str] = field(default_factory=dict)
     prefix: str = ""
     base: Any = None
+    old_flags: bool = True  # also take the fields' former flags (where this command had them)
 
 
 def F(cls: type, names: str | None = None, **kw) -> Fields:
@@ -83,6 +84,7 @@ class Param:
     flag: str | None = None
     base: Any = None  # the config the command starts from (None: the declared defaults)
     renamed: bool = False  # the option's old flag, still accepted (with a notice)
+    old: str | None = None  # the old flag this command takes for the option
 
 
 def params(items) -> list[Param]:
@@ -106,10 +108,11 @@ def params(items) -> list[Param]:
             value = getattr(item.base, name) if item.base is not None else f.default
             default = None if opt.parse else list(value) if opt.repeat else value
             out.append(Param(f"{item.cls.__name__.lower()}__{name}", Annotated[_cli_type(opt, t), info],
-                             default, item.cls, name, opt, flag.split("/")[0], item.base))
+                             default, item.cls, name, opt, flag.split("/")[0], item.base,
+                             old=opt.old_flag if item.old_flags else None))
     taken = {p.flag for p in out if p.flag}
     for p in list(out):  # renamed flags: the old spelling, hidden, where no other option has it
-        old = p.opt.old_flag if p.opt is not None else None
+        old = p.old
         if old and old not in taken:
             info = typer.Option(old, hidden=True)
             out.append(Param(p.name + "__old", Annotated[Optional[_cli_type(p.opt, typing.get_type_hints(p.cls)[p.field])], info],
@@ -169,7 +172,8 @@ def command(app: typer.Typer, name: str, items, run_command: Callable, *, staged
             inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default,
                               annotation=p.annotation) for p in ps])
         cmd.__annotations__ = {p.name: p.annotation for p in ps}
-        cmd.__doc__, cmd.__name__ = fn.__doc__, name
+        # one paragraph: click keeps a docstring's line breaks, mid-sentence in the command list
+        cmd.__doc__, cmd.__name__ = " ".join((fn.__doc__ or "").split()), name
         app.command(name=name)(cmd)
         cmd.params = ps
         return fn

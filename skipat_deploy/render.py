@@ -4,11 +4,8 @@ or with --json one document listing every artifact written and every figure meas
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-import traceback
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +15,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .core.errors import UserError
 from .devices import CpuHost
 
 err = Console(stderr=True)
@@ -45,6 +41,11 @@ class Run:
         self.measurements.append(
             dict(name=name, value=value, unit=unit, source=source, subject=subject)
         )
+
+    def figures(self, figures) -> None:
+        """A result's figures (its ``figures()``), under the names every output uses."""
+        for f in figures:
+            self.measure(f.name, f.value, f.unit, f.source, f.subject)
 
     @contextmanager
     def progress(self, total: int):
@@ -82,56 +83,6 @@ class Run:
         if self.as_json:
             sys.stdout.write(json.dumps(dict(command=self.command, ok=False, error=message)) + "\n")
         raise typer.Exit(code)
-
-
-# Set by the console entry point: the process ends with the command (not so under CliRunner).
-EXITS_AFTER_COMMAND = {"yes": False}
-
-
-def guarded(run: Run, body: Callable[[], None], out: Path | None = None) -> None:
-    """User errors: one line, exit 2. Bugs: one line (traceback with --debug), exit 1. Ctrl-C
-    and SIGTERM: one line, exit 130 / 143. With ``out`` (the folder the command writes), the
-    whole command is one staged transaction (:mod:`skipat_deploy.core.staging`): its files appear
-    there together when it succeeds, and on any failure or interruption ``out`` is left as it
-    was."""
-    from .core.errors import Terminated
-    from .core.staging import hold_interrupts, interrupts_as_exceptions, staged
-
-    with interrupts_as_exceptions(then_ignore=EXITS_AFTER_COMMAND["yes"]):
-        try:
-            with staged(out) if out is not None else contextlib.nullcontext():
-                body()
-                hold_interrupts()  # from here the move into place decides the outcome
-        except UserError as e:
-            hold_interrupts()
-            if run.debug:
-                traceback.print_exc()
-            run.fail(str(e), e.exit_code)
-        except KeyboardInterrupt as e:
-            hold_interrupts()
-            signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-            left = f": {out} left as it was" if out is not None else ""
-            said = f"{e} ({signal})" if str(e) else None  # what the stage kept, e.g. evaluate's scores
-            run.fail(said or f"{'terminated' if signal == 'SIGTERM' else 'interrupted'} by {signal}{left}",
-                     143 if signal == "SIGTERM" else 130)
-        except Exception as e:  # noqa: BLE001 - the last line of defence
-            hold_interrupts()
-            if run.debug:
-                traceback.print_exc()
-            hint = "" if run.debug else " (rerun with --debug for the traceback)"
-            run.fail(f"{type(e).__name__}: {e}".splitlines()[0] + hint, 1)
-        run.emit()
-
-def run_command(command: str, as_json: bool, debug: bool, body: Callable[[Run], None],
-                out: Path | None = None) -> None:
-    """One command: ``body(run)`` guarded (:func:`guarded`), then a failed quality gate's exit."""
-    run = Run(command, as_json, debug)
-    guarded(run, lambda: body(run), out)
-    if run.gate:
-        from .measure.evaluate import GATE_EXIT_CODE
-
-        err.print(f"[red]accuracy gate failed:[/] {'; '.join(run.gate)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(GATE_EXIT_CODE)
 
 
 def notice_fresh(run: Run, load, doing: str) -> None:
@@ -193,21 +144,10 @@ def show_compiled(run: Run, r) -> None:
         run.notice(n)
     if q is not None:
         run.artifacts += [artifact(kind, path) for kind, path in q.files().items()]
-        run.measure("sqnr_vs_float", q.quality.sqnr_db, "dB", "cpu (onnxruntime, QDQ)", str(q.qdq_onnx))
+        run.figures(f for f in q.figures() if f.name != "quantize_seconds")
     for kind, path in r.files().items():  # the artifacts, then the record
         run.artifacts.append(artifact(kind, path))
-    if r.check is not None:
-        from .npu.config import CPU_QDQ_VS_FLOAT
-
-        c = r.check
-        binary = str(r.artifacts.get("context_binary", r.model))
-        run.measure("npu_vs_cpu_sqnr", c.sqnr_db, "dB", c.runs_on, binary)
-        if c.top1_agreement is not None:
-            run.measure("npu_vs_cpu_top1_agreement", c.top1_agreement, "", c.runs_on, str(r.model))
-        if c.npu_vs_float_sqnr_db is not None:  # the NPU gate's figures
-            run.measure("npu_vs_float_sqnr", c.npu_vs_float_sqnr_db, "dB", c.runs_on, binary)
-            run.measure("cpu_qdq_vs_float_sqnr", c.qdq_vs_float_sqnr_db, "dB", CPU_QDQ_VS_FLOAT, str(r.model))
-    run.measure("compile_seconds", r.seconds, "s", r.backend, str(r.model))
+    run.figures(r.figures())
     run.results.append(r.to_json())
     if run.as_json:
         return
@@ -254,9 +194,7 @@ def show_cpu_int8(run: Run, c) -> None:
     run.artifacts += [artifact(kind, path) for kind, path in c.files().items()]
     host = CpuHost.from_json(c.host) if c.host else None
     where = "cpu (onnxruntime integer kernels" + (f", {host.describe()})" if host else ")")
-    run.measure("sqnr_vs_float", c.quality.sqnr_db, "dB", where, str(c.path))
-    if c.quality.top1_agreement is not None:
-        run.measure("top1_agreement", c.quality.top1_agreement, "", where, str(c.path))
+    run.figures(c.figures())
     run.results.append(c.to_json())
     if not run.as_json:
         t = table("measure", "value", title=f"{c.path.name}: the CPU INT8 model (ONNX Runtime)")
@@ -281,19 +219,8 @@ def show_quantized(run: Run, r) -> None:
         run.notice(n)
     for kind, path in r.files().items():
         run.artifacts.append(artifact(kind, path))
-    subject = str(r.qdq_onnx)
     q = r.quality
-    run.measure("sqnr_vs_float", q.sqnr_db, "dB", "cpu (onnxruntime, QDQ)", subject)
-    run.measure("cosine_vs_float_mean", q.cosine_mean, "", "cpu (onnxruntime, QDQ)", subject)
-    if q.top1_agreement is not None:
-        run.measure("top1_agreement", q.top1_agreement, "", "cpu (onnxruntime, QDQ)", subject)
-    if r.sim_quality is not None:
-        run.measure("sim_sqnr_vs_float", r.sim_quality.sqnr_db, "dB", "aimet simulation", subject)
-        run.measure("qdq_vs_sim_sqnr", r.qdq_vs_sim_sqnr_db, "dB", "cpu vs aimet simulation", subject)
-    if r.npu is not None:
-        run.measure("npu_sqnr_vs_float", r.npu.npu_sqnr_db, "dB", r.npu.runs_on, subject)
-        run.measure("npu_samples_cpu_sqnr_vs_float", r.npu.qdq_sqnr_db, "dB", "cpu (onnxruntime, QDQ), the same samples", subject)
-    run.measure("quantize_seconds", r.seconds, "s", "cpu", subject)
+    run.figures(r.figures())
     run.results.append(r.to_json())
     if run.as_json:
         return

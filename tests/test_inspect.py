@@ -19,6 +19,9 @@ from skipat_deploy.cli import app
 from skipat_deploy.core.errors import UserError
 from skipat_deploy.measure import inspect as insp
 from skipat_deploy.measure.inspect import InspectConfig
+from skipat_deploy.measure.inspect.graph import TWIN
+from skipat_deploy.measure.inspect.references import float_names
+from skipat_deploy.npu import exposure
 from skipat_deploy.core.metrics import noise_more_than_doubled
 
 HAS_QNN = importlib.util.find_spec("onnxruntime_qnn") is not None
@@ -68,7 +71,7 @@ def test_a_quantizer_20x_too_small_is_named_and_the_npu_columns_are_filled(tmp_p
     assert r.largest_qdq_drop["tensor"] in [bad, *after], r.largest_qdq_drop
     assert rows[bad].qdq_drop_db > 10 and rows[bad].qdq_vs_float_db < 15
     # rotated before quantizing: per-tensor float values from the QDQ graph, output vs float
-    assert r.float_reference == insp.TWIN and r.float_model.name == q.float_onnx.name
+    assert r.float_reference == TWIN and r.float_model.name == q.float_onnx.name
     assert any("not all in" in n for n in r.notices)
     assert r.output["qdq_vs_float_db"] < q.quality.sqnr_db  # the broken quantizer shows at the output
     assert [row.index for row in r.layers] == list(range(len(r.layers)))
@@ -139,14 +142,14 @@ def test_without_onnxruntime_qnn_the_cpu_columns_still_work(tmp_path, made, monk
 
 @pytest.mark.skipif(not HAS_QNN, reason="needs onnxruntime-qnn")
 def test_when_exposing_breaks_placement_only_the_outputs_are_compared(tmp_path, made, monkeypatch):
-    real = insp._placed
+    real = exposure.placed_session
 
     def refuse_exposed(model, ctx, device):
         if ctx.name.startswith("exposed"):
             raise RuntimeError("This session contains graph nodes that are assigned to the default CPU EP")
         return real(model, ctx, device)
 
-    monkeypatch.setattr(insp, "_placed", refuse_exposed)
+    monkeypatch.setattr(exposure, "placed_session", refuse_exposed)
     r = api.inspect(made["w8a8"].qdq_onnx, tmp_path, InspectConfig(num_samples=1))
     (note,) = [n for n in r.notices if "broke the model's placement" in n]
     assert "the model's outputs only" in note and r.npu.endswith("the model's outputs only")
@@ -196,7 +199,7 @@ def test_a_model_the_npu_cannot_run_leaves_the_npu_columns_empty(tmp_path):
     (note,) = [n for n in r.notices if n.startswith("NPU columns are empty")]
     assert "/blocks.0/act/Erf (Erf)" in note and r.npu.startswith("not run")
     assert all(row.npu_vs_qdq_db is None for row in r.layers)
-    assert "seeded noise" in r.inputs and r.float_model is None and r.float_reference == insp.TWIN
+    assert "seeded noise" in r.inputs and r.float_model is None and r.float_reference == TWIN
 
 
 @pytest.mark.parametrize("case", ["float", "missing", "not_onnx", "samples", "float_quantized"])
@@ -279,8 +282,8 @@ def test_a_requantized_tensor_takes_the_float_value_of_the_one_it_requantizes():
 
     rows = [q(0, "x", "x_qdq", "input"), q(1, "a", "a_qdq", "MatMul", (0,)),
             q(2, "a_qdq", "a_qdq2", "Requantize", (1,)), q(3, "y_pre", "y", "Add", (2,))]
-    assert insp._float_names(rows, {"x", "a", "y"}) == ["x", "a", "a", "y"]
-    assert insp._float_names(rows, {"x", "a"})[3] is None  # not this float graph's tensors
+    assert float_names(rows, {"x", "a", "y"}) == ["x", "a", "a", "y"]
+    assert float_names(rows, {"x", "a"})[3] is None  # not this float graph's tensors
 
 
 # --------------------------------------------------------------------------------------------

@@ -145,3 +145,24 @@ def test_compare_on_hub_lists_the_models_it_sent(tmp_path, nano_ckpts, hub):
                                             "--resolution", 112, "--quant-backend", "ort")
     kinds = [a["kind"] for a in doc["artifacts"]]
     assert kinds.count("qdq_onnx") == 2 and kinds.count("raw_profile") == 2
+
+
+def test_each_figure_is_named_in_one_place():
+    """A result's figures are named by its figures() (Figure): the tables / --json (render.py)
+    and the bundle manifest take them from there, so no figure name is written in both, and
+    the manifest writes none of its own."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "skipat_deploy"
+
+    def first_args(path: Path, call: str) -> set[str]:
+        tree = ast.parse(path.read_text())
+        return {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call) and n.args
+                and isinstance(n.args[0], ast.Constant) and isinstance(n.args[0].value, str)
+                and (getattr(n.func, "attr", None) or getattr(n.func, "id", None)) == call}
+
+    named = set().union(*(first_args(p, "Figure") for p in root.rglob("*.py")))
+    assert {"sqnr_vs_float", "top1_agreement_vs_float", "npu_vs_cpu_sqnr"} <= named
+    assert not first_args(root / "render.py", "measure") & named
+    assert not first_args(root / "bundle" / "manifest.py", "_measure")

@@ -302,3 +302,13 @@ def test_a_renamed_flag_still_works_and_says_so(tmp_path, nano_ckpts):
     assert "--backend " not in runner.invoke(app, ["quantize", "--help"]).output
     r = runner.invoke(app, ["compile", "--model", str(tmp_path / "none.qdq.onnx"), "--num-check", "0"])
     assert "--num-check is now --npu-samples" in r.output and "--npu-samples must be at least 1" in r.output
+
+
+def test_command_help_has_no_hard_line_breaks():
+    """A docstring's line breaks would show mid-sentence in `skipat-deploy --help`."""
+    from typer.testing import CliRunner
+
+    for name, cb in CALLBACKS.items():
+        assert cb.__doc__ and "\n" not in cb.__doc__, name
+    listing = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"}).output
+    assert "checked on the HTP simulator (local)" in " ".join(listing.replace("│", " ").split())

@@ -20,6 +20,7 @@ from .. import __version__
 from ..core.errors import UserError
 from ..export import read_metadata
 from ..core.files import sha256_file
+from ..core.metrics import Figure
 from ..images.imagenet import imagenet_classes
 from ..npu import qnn
 
@@ -29,6 +30,10 @@ if TYPE_CHECKING:  # types only: `verify` should not import torch
     from ..quant.cpu import CpuInt8Result
 
 SCHEMA_VERSION = 1
+# The results' figures a manifest carries: how close each model is to float, and the NPU's
+# check (what an app team needs to trust a file), not how long making it took.
+QUALITY = ("sqnr_vs_float", "cosine_vs_float_mean", "top1_agreement_vs_float", "npu_vs_cpu_sqnr",
+           "npu_vs_float_sqnr", "cpu_qdq_vs_float_sqnr")
 MANIFEST = "manifest.json"
 
 
@@ -151,10 +156,7 @@ def write_manifest(folder: Path, quantized: list[QuantizeResult], compiled: list
     first device's first, and the ``compiled`` context binaries) in ``manifest.json``; adds
     ``labels.txt`` for ImageNet heads. The manifest is validated against its schema before it
     is written."""
-    from ..npu.config import CPU_QDQ_VS_FLOAT
-
     first = quantized[0]
-    source = "cpu (onnxruntime, QDQ vs float PyTorch)"
     edges = io_quantization(first.qdq_onnx)  # the top-level inputs / outputs say these
     files = [_file_entry(folder, first.float_onnx, "float_onnx")]
     measurements = []
@@ -167,11 +169,7 @@ def write_manifest(folder: Path, quantized: list[QuantizeResult], compiled: list
             for f in sorted(q.aimet_dir.iterdir()):
                 role = "aimet_encodings" if f.suffix == ".encodings" else "aimet_onnx"
                 files.append(_file_entry(folder, f, role, **made_for))
-        measurements += [_measure("sqnr_vs_float", q.quality.sqnr_db, "dB", source, q.qdq_onnx),
-                         _measure("cosine_vs_float_mean", q.quality.cosine_mean, "", source, q.qdq_onnx)]
-        if q.quality.top1_agreement is not None:
-            measurements.append(_measure("top1_agreement_vs_float", q.quality.top1_agreement, "",
-                                         source, q.qdq_onnx))
+        measurements += [_measure(f) for f in q.figures() if f.name in QUALITY]
     gated = set()  # QDQ models whose CPU figure on the gate's samples is already listed
     for c in compiled:
         where = dict(device=c.device, soc=c.soc, hexagon=c.hexagon,
@@ -181,24 +179,17 @@ def write_manifest(folder: Path, quantized: list[QuantizeResult], compiled: list
         sdk = c.versions.get("qnn_sdk")
         files.append(_file_entry(folder, binary, "context_binary", **where,
                                  qnn_sdk=sdk, min_runtime=min_runtime(sdk)))
-        check = c.check
-        measurements.append(_measure("npu_vs_cpu_sqnr", check.sqnr_db, "dB", check.runs_on, binary))
-        if check.npu_vs_float_sqnr_db is not None:  # the NPU gate's figures, same samples
-            measurements.append(_measure("npu_vs_float_sqnr", check.npu_vs_float_sqnr_db, "dB",
-                                         check.runs_on, binary))
-            if c.model not in gated:
+        for f in c.figures():
+            if f.name == "cpu_qdq_vs_float_sqnr":  # one per QDQ model, however many devices
+                if c.model in gated:
+                    continue
                 gated.add(c.model)
-                measurements.append(_measure("cpu_qdq_vs_float_sqnr", check.qdq_vs_float_sqnr_db,
-                                             "dB", CPU_QDQ_VS_FLOAT, c.model))
+            if f.name in QUALITY:
+                measurements.append(_measure(f))
     if cpu is not None:  # the fallback where there is no NPU: ONNX Runtime's integer kernels
         files.append(_file_entry(folder, cpu.path, "cpu_int8_onnx", precision="int8",
                                  cpu_isa=cpu.cpu_isa, encoding=cpu.encoding))
-        cpu_source = "cpu (onnxruntime, CPU INT8 vs float PyTorch)"
-        measurements.append(_measure("sqnr_vs_float", cpu.quality.sqnr_db, "dB", cpu_source, cpu.path,
-                                     host=cpu.host))
-        if cpu.quality.top1_agreement is not None:
-            measurements.append(_measure("top1_agreement_vs_float", cpu.quality.top1_agreement, "",
-                                         cpu_source, cpu.path, host=cpu.host))
+        measurements += [_measure(f) for f in cpu.figures() if f.name in QUALITY]
     meta = read_metadata(first.float_onnx)
     if meta["num_classes"] == 1000:
         labels = folder / "labels.txt"
@@ -237,11 +228,9 @@ def min_runtime(qnn_sdk: str | None) -> str | None:
     return f"QNN / QAIRT {qnn_sdk} or newer on the device"
 
 
-def _measure(name: str, value: float, unit: str, source: str, subject: Path,
-             host: dict | None = None) -> dict:
-    return {"name": name, "value": float(value), "unit": unit, "source": source,
-            **({"host": host} if host else {}),
-            "subject": Path(subject).name}
+def _measure(f: Figure) -> dict:
+    return {"name": f.name, "value": float(f.value), "unit": f.unit, "source": f.source,
+            **({"host": f.host} if f.host else {}), "subject": Path(f.subject).name}
 
 
 def validate_manifest(manifest: dict, where: Path) -> None:

@@ -33,7 +33,7 @@ def run(vit: Path | None, skipat: Path | None, out_dir: str | Path, cfg: cmp.Com
     architectures (latency does not depend on weight values)."""
     load_cfg.check()
     qcfg = replace(qcfg, device=cfg.device)
-    if cmp.resolve_backend(cfg.backend, []) == "hub":
+    if cmp.resolve_backend(cfg.measure_on, []) == "hub":
         from ..npu.hub import preflight
 
         qcfg.check()
@@ -70,7 +70,7 @@ def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path, cfg: cmp.Co
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     notices: list[str] = []
-    backend = cmp.resolve_backend(cfg.backend, notices)
+    backend = cmp.resolve_backend(cfg.measure_on, notices)
     for ck in ckpts.values():
         for r in cfg.resolutions:
             check_resolution(r, ck.arch.patch_size)

@@ -51,12 +51,12 @@ def compile_one(model: Path | None, load_cfg: LoadConfig, out_dir: str | Path, c
     model_preprocess(load_cfg, model)
     device = cfg.check()
     qcfg = replace(qcfg, device=cfg.device)
-    if cfg.backend == "hub":
+    if cfg.compiler == "hub":
         from ..npu.hub import preflight
 
         preflight(device)  # unreachable, bad token, unknown device: now, not after quantizing
     if model is not None:
-        return compile_model(check_model(model, cfg.backend, cfg.fp16), out_dir, cfg, step)
+        return compile_model(check_model(model, cfg.compiler, cfg.fp16), out_dir, cfg, step)
     if cfg.fp16:
         loaded = load(load_cfg)
         return noted(export_and_compile(loaded, out_dir, qcfg.resolution, cfg, step), loaded)
@@ -88,8 +88,8 @@ def export_and_compile(ckpt: LoadedCheckpoint, out_dir: str | Path, resolution: 
 
 
 def compile_model(model: Path, out_dir: str | Path, ccfg: CompileConfig, step: Step) -> CompileResult:
-    """Compile a QDQ model (or, on AI Hub, a ``.aimet`` folder) with ``ccfg.backend``."""
-    if ccfg.backend == "hub":
+    """Compile a QDQ model (or, on AI Hub, a ``.aimet`` folder) with ``ccfg.compiler``."""
+    if ccfg.compiler == "hub":
         from ..npu.hub import compile_hub
 
         return compile_hub(model, out_dir, ccfg, step)

@@ -78,7 +78,7 @@ class EvaluateModels:
 
         def make():
             c = compile_hub(self.qdq_onnx(), self.out_dir, CompileConfig(
-                device=self.quantize.device, backend="hub", hub_timeout_s=self.hub_timeout_s), self.step)
+                device=self.quantize.device, compiler="hub", hub_timeout_s=self.hub_timeout_s), self.step)
             self.notices.extend(n for n in c.notices if n not in self.notices)
             return c.jobs[0]["id"], c.artifacts["target_model"]
         return self._once("hub", make)

@@ -37,7 +37,7 @@ def run(model: Path | None, load_cfg: LoadConfig, out_dir: str | Path, cfg: Prof
     device = ccfg.check()
     qcfg = replace(qcfg, resolution=cfg.resolution, device=cfg.device)
     notices: list[str] = []
-    backend = resolve_backend(cfg.backend, notices)
+    backend = resolve_backend(cfg.measure_on, notices)
     if backend == "hub":
         from ..npu.hub import preflight
 

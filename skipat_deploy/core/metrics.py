@@ -11,6 +11,19 @@ from dataclasses import dataclass
 import numpy as np
 
 
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure as every output names it (``--json``'s measurements, the tables,
+    the bundle manifest): each result's ``figures()`` is the one place its figures are named."""
+
+    name: str
+    value: float
+    unit: str  # dB, s, ms, "" (a fraction)
+    source: str  # what measured it
+    subject: str  # the artifact it describes (a path)
+    host: dict | None = None  # the CPU, where the figure depends on it
+
+
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio of ``test`` against ``ref``, pooled over all values."""
     ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)

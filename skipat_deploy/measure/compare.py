@@ -24,7 +24,7 @@ from ..npu import hub as hub_mod
 from ..export import DEFAULT_RESOLUTIONS
 from ..npu.config import CompileConfig, hub_timeout_option
 from ..core.options import option
-from .latency import Ratio, auto_backend_option, interleaved, ratio_interval, threads_option
+from .latency import Ratio, measure_on_option, interleaved, ratio_interval, threads_option
 from .profile import submit_device_profile
 
 FAMILIES = ("vit", "skipat")
@@ -43,7 +43,7 @@ PAPER_TOP1 = {("vit_tiny_patch16", 224): 72.8, ("skipat_tiny_patch16", 224): 72.
 class CompareConfig:
     resolutions: tuple[int, ...] = option(DEFAULT_RESOLUTIONS, "Input size in px (repeatable).", flag="--resolution", repeat=True)
     device: str = device_option()
-    backend: str = auto_backend_option()
+    measure_on: str = measure_on_option()
     # cpu: timed runs per round; rounds continue until the ratio is settled
     runs: int = option(30, "Timed CPU runs per model (after warm-up).")
     warmup: int = 5
@@ -179,7 +179,7 @@ def hub_rows(models: dict[tuple[str, int], Path], archs: dict[str, str], out_dir
     ``out_dir`` (re-runs resume). ``made`` collects the files written there, (kind, path)."""
     made = [] if made is None else made
     client = hub_mod.client()
-    ccfg = CompileConfig(device=cfg.device, backend="hub", hub_timeout_s=cfg.hub_timeout_s)
+    ccfg = CompileConfig(device=cfg.device, compiler="hub", hub_timeout_s=cfg.hub_timeout_s)
     subs = {k: hub_mod.submit_compile(client, m, out_dir, ccfg, device, step) for k, m in models.items()}
     profiles = {}
     for k, sub in subs.items():

@@ -23,9 +23,9 @@ from ..core.errors import UserError
 from ..core.options import option
 
 
-def auto_backend_option():
-    """--backend of the latency commands (profile, compare)."""
-    return option("auto", "hub (the phone's NPU via AI Hub), cpu (ONNX Runtime here) or auto (hub when AI Hub is configured).", choices=("auto", "hub", "cpu"))
+def measure_on_option():
+    """Where the latency commands (profile, compare) measure; its flag is --backend."""
+    return option("auto", "Where to measure: hub (the phone's NPU via AI Hub), cpu (ONNX Runtime here) or auto (hub when AI Hub is configured).", flag="--backend", choices=("auto", "hub", "cpu"))
 
 
 def threads_option():

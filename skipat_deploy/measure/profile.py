@@ -22,13 +22,13 @@ from ..export import DEFAULT_RESOLUTION
 from ..npu.config import CompileConfig, hub_timeout_option
 from ..core.options import option
 from ..core.staging import staged
-from .latency import CpuLatency, Ratio, auto_backend_option, interleaved, ratio_interval, threads_option
+from .latency import CpuLatency, Ratio, measure_on_option, interleaved, ratio_interval, threads_option
 
 @dataclass(frozen=True)
 class ProfileConfig:
     resolution: int = option(DEFAULT_RESOLUTION, "With --ckpt: input size in px.")
     device: str = device_option()
-    backend: str = auto_backend_option()
+    measure_on: str = measure_on_option()
     runs: int = option(50, "Timed CPU runs per model (after warm-up).")
     warmup: int = 5
     threads: int | None = threads_option()
@@ -37,7 +37,7 @@ class ProfileConfig:
 
     def compile_config(self) -> CompileConfig:
         """What compiles the model on AI Hub (hub)."""
-        return CompileConfig(device=self.device, backend="hub", hub_timeout_s=self.hub_timeout_s)
+        return CompileConfig(device=self.device, compiler="hub", hub_timeout_s=self.hub_timeout_s)
 
 
 def profile_hub(model: str | Path, out_dir: str | Path, cfg: CompileConfig = CompileConfig(),

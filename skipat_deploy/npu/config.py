@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.errors import QualityGateError, UserError
+from ..core.metrics import Figure
 from ..core.options import check_declared, option
 from ..devices import DeviceProfile, check_precision, device_option, resolve_device
 
@@ -30,7 +31,7 @@ class CompileError(UserError):
 @dataclass(frozen=True)
 class CompileConfig:
     device: str = device_option()
-    backend: str = option("local", "local (offline, onnxruntime-qnn) or hub (Qualcomm AI Hub).", choices=BACKENDS)
+    compiler: str = option("local", "The compiler: local (offline, onnxruntime-qnn) or hub (Qualcomm AI Hub).", flag="--backend", choices=BACKENDS)
     # hub only; local always writes a context binary
     target_runtime: str = option("qnn_context_binary", "AI Hub target: qnn_context_binary, precompiled_qnn_onnx, onnx or tflite.", choices=TARGET_RUNTIMES)
     # hub only: pin the AI Hub compiler (QAIRT) version
@@ -45,10 +46,10 @@ class CompileConfig:
 
     def check(self) -> DeviceProfile:
         check_declared(self)
-        if self.backend == "local" and self.target_runtime != "qnn_context_binary":
+        if self.compiler == "local" and self.target_runtime != "qnn_context_binary":
             raise UserError("the local backend writes QNN context binaries only; "
                             "--target-runtime needs --backend hub")
-        if self.share_weights and self.backend == "hub":
+        if self.share_weights and self.compiler == "hub":
             raise UserError("--share-weights compiles locally (one context binary for several "
                             "models); AI Hub compiles one model per job: drop --backend hub")
         if self.hub_timeout_s <= 0:
@@ -98,6 +99,21 @@ class CompileResult:
     quantized: object | None = None  # the QuantizeResult when compile ran quantize first
     sha256: dict[str, str] = field(default_factory=dict)  # artifact kind -> its sha256
     made: dict[str, Path] = field(default_factory=dict)  # written before compiling (fp16: the export)
+
+    def figures(self) -> list[Figure]:
+        """What was measured, each figure under its one name: the NPU check (and gate) and the
+        compile time."""
+        out, c = [], self.check
+        if c is not None:
+            binary = str(self.artifacts.get("context_binary", self.model))
+            out.append(Figure("npu_vs_cpu_sqnr", c.sqnr_db, "dB", c.runs_on, binary))
+            if c.top1_agreement is not None:
+                out.append(Figure("npu_vs_cpu_top1_agreement", c.top1_agreement, "", c.runs_on, binary))
+            if c.npu_vs_float_sqnr_db is not None:  # the NPU gate's figures, same samples
+                out += [Figure("npu_vs_float_sqnr", c.npu_vs_float_sqnr_db, "dB", c.runs_on, binary),
+                        Figure("cpu_qdq_vs_float_sqnr", c.qdq_vs_float_sqnr_db, "dB", CPU_QDQ_VS_FLOAT,
+                               str(self.model))]
+        return out + [Figure("compile_seconds", self.seconds, "s", self.backend, str(self.model))]
 
     def files(self) -> dict[str, Path]:
         """What compiling wrote, by kind (the names ``--json`` lists them under); the quantized

@@ -43,8 +43,8 @@ from ..core.errors import UserError
 from ..export import DEFAULT_RESOLUTION, INPUT_NAME, METADATA_KEY, ExportConfig, artifact_name, export_onnx
 from ..core.files import sha256_file
 from ..core.lazy import torch
-from ..core.metrics import Quality, quality
-from ..core.options import option
+from ..core.metrics import Figure, Quality, quality
+from ..core.options import check_declared, option
 from ..core.staging import staged
 from .quantize import DEFAULT_NUM_CALIB, QuantizeConfig, quantization_samples
 
@@ -86,8 +86,7 @@ class CpuInt8Config:
                    isa=isa)
 
     def check(self) -> None:
-        if self.isa is not None and self.isa not in CPU_ISAS:
-            raise UserError(f"--cpu-isa {self.isa!r}: choose one of {', '.join(CPU_ISAS)}")
+        check_declared(self)
         if self.num_calib < 1 or self.num_eval < 1:
             raise UserError("--num-calib and --num-eval must be at least 1")
         for what, folder in (("--calib", self.calib_dir), ("--eval", self.eval_dir)):
@@ -121,6 +120,15 @@ class CpuInt8Result:
         d = asdict(self)
         d["path"], d["report"] = str(self.path), str(self.report)
         return d
+
+    def figures(self) -> list[Figure]:
+        """What was measured, each figure under its one name, with the CPU it was measured on."""
+        where = "cpu (onnxruntime, CPU INT8 vs float PyTorch)"
+        out = [Figure("sqnr_vs_float", self.quality.sqnr_db, "dB", where, str(self.path), self.host or None)]
+        if self.quality.top1_agreement is not None:
+            out.append(Figure("top1_agreement_vs_float", self.quality.top1_agreement, "", where,
+                              str(self.path), self.host or None))
+        return out
 
     def files(self) -> dict[str, Path]:
         """What was written, by kind (the names ``--json`` lists them under)."""

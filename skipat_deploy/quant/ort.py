@@ -11,7 +11,6 @@ import logging
 
 import numpy as np
 
-from .qdq import snap_softmax_steps_in_onnx
 
 
 def quantize_ort(float_onnx: str, out_path: str, calib: np.ndarray, input_name: str,
@@ -25,7 +24,6 @@ def quantize_ort(float_onnx: str, out_path: str, calib: np.ndarray, input_name: 
         _quantize(float_onnx, out_path, calib, input_name, activation_bw, batch_size)
     finally:
         root.setLevel(level)
-    snap_softmax_steps_in_onnx(out_path)
 
 
 def _signed_biased_weights(float_onnx: str) -> dict:

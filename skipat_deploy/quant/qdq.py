@@ -36,12 +36,10 @@ def power_of_two_step(step: float, levels: int = 255) -> float:
     return float(below if keeps_range else 2 * below)
 
 
-def snap_softmax_steps_in_onnx(path: str | Path) -> int:
+def snap_softmax_steps_in_onnx(model: onnx.ModelProto) -> int:
     """In place: the scale of each 8-bit QuantizeLinear on a Softmax output (and of the
     DequantizeLinear reading it) put on a power of two (:func:`power_of_two_step`).
     Returns how many were changed."""
-    path = Path(path)
-    model = onnx.load(str(path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     produced_by = {o: n for n in graph.node for o in n.output}
@@ -69,8 +67,6 @@ def snap_softmax_steps_in_onnx(path: str | Path) -> int:
         if not any(old in n.input for n in graph.node):
             graph.initializer.remove(inits[old])
         changed += 1
-    if changed:
-        onnx.save(model, str(path))
     return changed
 
 
@@ -92,11 +88,10 @@ def _quantize(w: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: i
     return np.clip(q, lo, hi).astype(dtype)
 
 
-def store_weights_as_integers(path: str | Path) -> int:
+def store_weights_as_integers(model: onnx.ModelProto) -> int:
     """In place: every QuantizeLinear whose input is a float initializer becomes that
     initializer's integer values; float initializers nothing else reads are dropped. Returns
     how many weights were converted."""
-    model = onnx.load(str(path))
     graph = model.graph
     init = {i.name: i for i in graph.initializer}
     readers: dict[str, int] = {}
@@ -130,5 +125,4 @@ def store_weights_as_integers(path: str | Path) -> int:
     inputs = [i for i in graph.input if i.name not in unused]  # old IRs list initializers as inputs
     del graph.input[:]
     graph.input.extend(inputs)
-    onnx.save(model, str(path))
     return converted

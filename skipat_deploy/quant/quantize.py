@@ -37,7 +37,7 @@ from ..export import (DEFAULT_RESOLUTION, INPUT_NAME, METADATA_KEY, ExportConfig
                       export_onnx, output_name, run_qdq_cpu)
 from ..core.files import sha256_file, sha256_path
 from ..core.lazy import torch
-from ..core.metrics import Quality, noise_more_than_doubled, quality, sqnr_db
+from ..core.metrics import Figure, Quality, noise_more_than_doubled, quality, sqnr_db
 from ..models.registry import build_model
 from ..core.options import check_declared, option
 from ..core.staging import staged
@@ -152,6 +152,22 @@ class QuantizeResult:
             d[k] = None if d[k] is None else str(d[k])
         return d
 
+    def figures(self) -> list[Figure]:
+        """What was measured, each figure under its one name (:class:`Figure`)."""
+        subject, q, cpu = str(self.qdq_onnx), self.quality, "cpu (onnxruntime, QDQ vs float PyTorch)"
+        out = [Figure("sqnr_vs_float", q.sqnr_db, "dB", cpu, subject),
+               Figure("cosine_vs_float_mean", q.cosine_mean, "", cpu, subject)]
+        if q.top1_agreement is not None:
+            out.append(Figure("top1_agreement_vs_float", q.top1_agreement, "", cpu, subject))
+        if self.sim_quality is not None:
+            out += [Figure("sim_sqnr_vs_float", self.sim_quality.sqnr_db, "dB", "aimet simulation", subject),
+                    Figure("qdq_vs_sim_sqnr", self.qdq_vs_sim_sqnr_db, "dB", "cpu vs aimet simulation", subject)]
+        if self.npu is not None:
+            out += [Figure("npu_sqnr_vs_float", self.npu.npu_sqnr_db, "dB", self.npu.runs_on, subject),
+                    Figure("npu_samples_cpu_sqnr_vs_float", self.npu.qdq_sqnr_db, "dB",
+                           "cpu (onnxruntime, QDQ), the same samples", subject)]
+        return out + [Figure("quantize_seconds", self.seconds, "s", "cpu", subject)]
+
     def files(self) -> dict[str, Path]:
         """What was written, by kind (the names ``--json`` lists them under)."""
         kinds = (("float_onnx", self.float_onnx), ("qdq_onnx", self.qdq_onnx),
@@ -233,11 +249,21 @@ def _metadata(float_res, precision: str, backend: str, device, promoted: list[st
     return json.dumps(meta, sort_keys=True)
 
 
-def _set_metadata(path: Path, value: str) -> None:
-    model = onnx.load(str(path))
+def _write_qdq(exported: Path, qdq: Path, backend: str, metadata: str) -> None:
+    """The QDQ model, written once: the backend's export with the edits it needs and the
+    metadata. AIMET exports float weights beside their quantizers (stored as the integers they
+    round to); onnxruntime.quantization's Softmax steps go on a power of two, as the AIMET
+    simulation puts them (:mod:`.qdq`)."""
+    from .qdq import snap_softmax_steps_in_onnx, store_weights_as_integers
+
+    model = onnx.load(str(exported))
+    if backend == "aimet":
+        store_weights_as_integers(model)
+    else:
+        snap_softmax_steps_in_onnx(model)
     del model.metadata_props[:]
-    model.metadata_props.add(key=METADATA_KEY, value=value)
-    onnx.save(model, str(path))
+    model.metadata_props.add(key=METADATA_KEY, value=metadata)
+    onnx.save(model, str(qdq))
 
 
 def _npu_figure(npu: NpuRunner | None, qdq: Path, xe: np.ndarray, ref: np.ndarray,
@@ -278,6 +304,7 @@ def quantize(
         step("exporting the float model")
         (float_res,) = export_onnx(ckpt, tmp, ExportConfig(resolutions=(res,)))
         qdq = tmp / f"{tag}.qdq.onnx"
+        exported = stage.scratch / qdq.name  # the backend's export; the QDQ model is written once, below
         aimet_dir = None
         sim_q = None
         bias_db = None
@@ -291,7 +318,7 @@ def quantize(
 
             flow = aimet.run(model, xc, xe, ref, cfg, device, step)
             step("exporting QDQ ONNX and the .aimet folder")
-            flow.export(qdq, tmp / f"{tag}.aimet", INPUT_NAME, output_name(ckpt))
+            flow.export(exported, tmp / f"{tag}.aimet", INPUT_NAME, output_name(ckpt))
             aimet_dir = tmp / f"{tag}.aimet"
             promoted, sens, n_act = flow.promoted, flow.sensitivity, flow.num_activation_quantizers
             sim_out = flow.sim_outputs
@@ -313,10 +340,10 @@ def quantize(
                                                model=rewritten)
                 source = rewritten_res.path
             step("onnxruntime.quantization (QNN QDQ config)")
-            quantize_ort(str(source), str(qdq), xc, INPUT_NAME,
+            quantize_ort(str(source), str(exported), xc, INPUT_NAME,
                          16 if cfg.precision == "w8a16" else 8, 1)
-        _set_metadata(qdq, _metadata(float_res, cfg.precision, cfg.quant_backend, device, promoted,
-                                     calib_set.source))
+        _write_qdq(exported, qdq, cfg.quant_backend,
+                   _metadata(float_res, cfg.precision, cfg.quant_backend, device, promoted, calib_set.source))
         step("evaluating the QDQ ONNX on the CPU")
         q_out = run_qdq_cpu(qdq, xe)
         q = quality(ref, q_out, classifier)

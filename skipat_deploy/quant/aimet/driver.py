@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..qdq import store_weights_as_integers
 from ..report import LayerSensitivity
 from .fixes import (SOFTMAX_SEARCH_SAMPLES, bias_correction, bias_correction_samples,
                     fit_softmax_ranges, fit_weight_scales_to_biases, floor_gelu_inputs,
@@ -41,7 +40,6 @@ class AimetOutcome:
 
     def export(self, qdq_path, aimet_dir, input_name: str, output_name: str) -> None:
         export_qdq(self.sim, self.dummy, str(qdq_path), input_name, output_name)
-        store_weights_as_integers(qdq_path)
         export_aimet_folder(self.sim, self.dummy, str(aimet_dir), input_name, output_name)
 
 
