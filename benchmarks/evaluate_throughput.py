@@ -62,7 +62,7 @@ def plain_ort_loop(model: Path, data: Path, n: int) -> float:
     import numpy as np
 
     from skipat_deploy.export import read_metadata
-    from skipat_deploy.measure.dataset import load_dataset
+    from skipat_deploy.images.dataset import load_dataset
     from skipat_deploy.measure.targets import onnx_runner
     from skipat_deploy.images.preprocess import Preprocess, load_image
 

@@ -188,7 +188,7 @@ def compare(vit: str | Path | None = None, skipat: str | Path | None = None,
 def evaluate(data: str | Path, model: str | Path | None = None,
              out_dir: str | Path = "export/evaluate", config=None,
              load: LoadConfig | None = None, step: Step = _quiet, quantize=None, **options):
-    """Top-1 / top-5 on the labelled images in ``data`` (:mod:`skipat_deploy.measure.dataset`
+    """Top-1 / top-5 on the labelled images in ``data`` (:mod:`skipat_deploy.images.dataset`
     says which layouts), for a checkpoint (``ckpt=``; default targets torch, onnx, qdq; the INT8
     targets quantized with ``quantize``, a QuantizeConfig) or an exported ``model`` (its own
     kind), :class:`skipat_deploy.measure.evaluate.EvaluateConfig`. Returns an EvaluateResult;

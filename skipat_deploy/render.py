@@ -248,7 +248,26 @@ def show_quantized(run: Run, r) -> None:
               + (": " + ", ".join(r.promoted) if r.promoted else ""))
     t.add_row("sizes", ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in r.sizes_bytes.items()))
     t.add_row("most sensitive layers (share of activation noise)", ", ".join(f"{s.layer} {s.noise_share:.0%}" for s in r.sensitivity[:5]) or "-")
+    if r.cost_estimate is not None:
+        t.add_row("NPU cost (estimate from the graph, not timed)", f"{r.cost_estimate:.2f}x w8a8")
     t.add_row("time", f"{r.seconds:.0f} s")
+    Console().print(t)
+    if r.search is not None:
+        _show_search(r.search)
+
+
+def _show_search(s: dict) -> None:
+    top1 = s["goal"].startswith("max_top1_drop")
+    t = table("candidate", "cost (est.)", "held-out SQNR", "95 % lower",
+              *(("top-1 drop", "95 % upper") if top1 else ()), "goal",
+              title=f"--precision auto, goal {s['goal']} ({s['judged_on']})")
+    for i, c in enumerate(s["candidates"]):
+        tried = c["sqnr_db"] is not None
+        cells = [f"{c['sqnr_db']:.2f} dB", f"{c['sqnr_low_db']:.2f} dB"] if tried else ["-", "-"]
+        if top1:
+            cells += [f"{c['top1_drop']:.2f}", f"{c['top1_drop_high']:.2f}"] if tried else ["-", "-"]
+        t.add_row(("* " if i == s["chosen"] else "") + c["name"], f"{c['cost']:.2f}", *cells,
+                  "met" if c["meets"] else "missed" if tried else "not tried")
     Console().print(t)
 
 

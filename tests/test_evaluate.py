@@ -14,12 +14,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from skipat_deploy import api
+from skipat_deploy.core.metrics import paired_drop_interval, wilson_interval
 from skipat_deploy.models.checkpoint import load_checkpoint, load_weights
 from skipat_deploy.cli import app
 from skipat_deploy.core.errors import UserError
 from skipat_deploy.images.imagenet import imagenet_synsets
 from skipat_deploy.measure import evaluate as ev
-from skipat_deploy.measure.dataset import DatasetError, load_dataset, stratified_subset
+from skipat_deploy.images.dataset import DatasetError, load_dataset, stratified_subset
 from skipat_deploy.models.registry import build_model
 from skipat_deploy.images.preprocess import load_image
 
@@ -114,7 +115,7 @@ def test_labels_csv_and_its_errors(tmp_path):
 
 
 def test_stratified_subset_is_round_robin_and_seeded(tmp_path):
-    from skipat_deploy.measure.dataset import LabelledImages
+    from skipat_deploy.images.dataset import LabelledImages
 
     items = tuple((Path(f"{c}_{i}.jpg"), c) for c, size in ((0, 60), (1, 30), (2, 4)) for i in range(size))
     ds = LabelledImages(tmp_path, items, "test")
@@ -127,7 +128,7 @@ def test_stratified_subset_is_round_robin_and_seeded(tmp_path):
 
 
 def test_stratified_indices_cover_the_classes():
-    from skipat_deploy.measure.dataset import stratified_indices
+    from skipat_deploy.images.dataset import stratified_indices
 
     labels = np.repeat(np.arange(10) * 7, 30)  # 10 classes in class order, as folders give them
     ten = stratified_indices(labels, 10, seed=0)
@@ -143,9 +144,9 @@ def test_stratified_indices_cover_the_classes():
 # Intervals
 
 def test_wilson_interval_known_values():
-    lo, hi = ev.wilson_interval(0, 13)
+    lo, hi = wilson_interval(0, 13)
     assert lo == 0 and hi == pytest.approx(1.959964**2 / (13 + 1.959964**2), rel=1e-6)
-    lo, hi = ev.wilson_interval(364, 500)  # 72.8 % on 500 images: about +-3.9 points
+    lo, hi = wilson_interval(364, 500)  # 72.8 % on 500 images: about +-3.9 points
     assert lo == pytest.approx(0.68737, abs=1e-4) and hi == pytest.approx(0.76516, abs=1e-4)
 
 
@@ -159,7 +160,7 @@ def test_paired_drop_interval_covers_the_true_drop():
         flip = rng.random(300) < 0.04  # INT8 flips 4 % of the answers either way
         test = np.where(flip, ~ref, ref)
         true_drop = 0.04 * (0.72 - 0.28)
-        _, lo, hi = ev.paired_drop_interval(ref, test)
+        _, lo, hi = paired_drop_interval(ref, test)
         hits += lo <= true_drop <= hi
     assert 0.93 < hits / 2000 < 0.975
     ref = np.zeros(500, bool)
@@ -167,7 +168,7 @@ def test_paired_drop_interval_covers_the_true_drop():
     test = ref.copy()
     test[:4] = False
     test[400:401] = True  # 4 lost, 1 gained: 0.6 points
-    drop, lo, hi = ev.paired_drop_interval(ref, test)
+    drop, lo, hi = paired_drop_interval(ref, test)
     assert drop == pytest.approx(0.006) and lo < 0 < hi
 
 

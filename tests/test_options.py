@@ -251,6 +251,7 @@ OWN_MEANING = {
     "--num-samples": "evaluate's subset of a dataset or inspect's samples",
     "--runs": "timed runs of one model (profile) or of each pair (compare)",
     "--time-budget": "one pair (profile) or each pair per resolution (compare)",
+    "--max-top1-drop": "the goal --precision auto keeps (quantize) or the gate evaluate applies",
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from skipat_deploy.measure import stream
-from skipat_deploy.measure.evaluate import paired_drop_interval
+from skipat_deploy.core.metrics import paired_drop_interval
 from skipat_deploy.core.metrics import sqnr_db
 from skipat_deploy.images.preprocess import Preprocess, load_image
 

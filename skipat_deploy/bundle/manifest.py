@@ -164,7 +164,8 @@ def write_manifest(folder: Path, quantized: list[QuantizeResult], compiled: list
         made_for = dict(precision=q.precision, hexagon=q.hexagon)
         own = io_quantization(q.qdq_onnx)
         files.append(_file_entry(folder, q.qdq_onnx, "qdq_onnx", **made_for,
-                                 io_quantization=own if own != edges else None))
+                                 io_quantization=own if own != edges else None,
+                                 chosen_for=_chosen_for(q.search)))
         if q.aimet_dir is not None:
             for f in sorted(q.aimet_dir.iterdir()):
                 role = "aimet_encodings" if f.suffix == ".encodings" else "aimet_onnx"
@@ -226,6 +227,15 @@ def min_runtime(qnn_sdk: str | None) -> str | None:
     if not qnn_sdk:
         return None
     return f"QNN / QAIRT {qnn_sdk} or newer on the device"
+
+
+def _chosen_for(search: dict | None) -> dict | None:
+    """What ``--precision auto`` chose the model for (None: a fixed precision)."""
+    if search is None:
+        return None
+    c = search["candidates"][search["chosen"]]
+    return {"goal": search["goal"], "candidate": c["name"], "sqnr_db": c["sqnr_db"],
+            "sqnr_low_db": c["sqnr_low_db"], "cost_estimate": c["cost"]}
 
 
 def _measure(f: Figure) -> dict:

@@ -15,7 +15,7 @@ from ..devices import cpu_host, resolve_device
 from ..export import check_resolution
 from ..measure import compare as cmp
 from ..measure import evaluate as ev
-from ..measure.dataset import LabelledImages, load_dataset, stratified_subset
+from ..images.dataset import LabelledImages, load_dataset, stratified_subset
 from ..measure.stream import run_stream
 from ..measure.targets import int8_runner, onnx_runner, torch_runner
 from ..models.checkpoint import LoadConfig, LoadedCheckpoint, load

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..export import ExportConfig, export_onnx
-from ..measure.dataset import load_dataset
+from ..images.dataset import load_dataset
 from ..measure.evaluate import EvaluateConfig, EvaluateResult, evaluate
 from ..models.checkpoint import LoadConfig, LoadedCheckpoint, load
 from ..npu.compile import compile_local
@@ -39,7 +39,11 @@ class EvaluateModels:
 
     @property
     def precision(self) -> str | None:
-        return self.quantize.precision if self.ckpt is not None else None
+        """The QDQ model's (``auto``: the precision chosen, once it is made)."""
+        if self.ckpt is None:
+            return None
+        made = self._made.get("qdq_precision")
+        return made or self.quantize.precision
 
     def _once(self, kind: str, make: Callable):
         if kind not in self._made:
@@ -63,6 +67,7 @@ class EvaluateModels:
         def make():
             q = quantize(self.ckpt, self.out_dir, self.quantize, self.step)
             self.notices.extend(n for n in q.notices if n not in self.notices)
+            self._made["qdq_precision"] = q.precision
             return q.qdq_onnx
         return self._once("qdq", make)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 
@@ -65,3 +67,34 @@ def noise_more_than_doubled(sqnr_db: float, reference_sqnr_db: float) -> bool:
     """Whether a model's noise against float exceeds a reference model's noise against float
     by more than that whole noise again (SQNRs in dB; see :data:`QDQ_EXCESS_NOISE_DB`)."""
     return sqnr_db < reference_sqnr_db - QDQ_EXCESS_NOISE_DB
+
+
+# Intervals of top-1 (Wilson 1927) and of a paired top-1 drop (Agresti & Min 2005), 95 %: what
+# evaluate reports and what --precision auto --max-top1-drop judges its goal on.
+Z95 = 1.959964
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (fractions)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_drop_interval(ref_correct: np.ndarray, test_correct: np.ndarray,
+                         z: float = Z95) -> tuple[float, float, float]:
+    """Top-1 of ``ref`` minus top-1 of ``test`` on the same samples, with the Agresti-Min 95 %
+    interval (half a count added to each cell of the 2x2 table): (drop, low, high), fractions."""
+    n = len(ref_correct)
+    only_ref = int(np.sum(ref_correct & ~test_correct))
+    only_test = int(np.sum(~ref_correct & test_correct))
+    drop = (only_ref - only_test) / n
+    n2 = n + 2
+    p12, p21 = (only_ref + 0.5) / n2, (only_test + 0.5) / n2
+    centre = p12 - p21
+    half = z * math.sqrt(max(p12 + p21 - centre**2, 0.0) / n2)
+    return drop, max(-1.0, centre - half), min(1.0, centre + half)

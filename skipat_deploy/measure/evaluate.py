@@ -23,6 +23,7 @@ import numpy as np
 from ..models.checkpoint import LoadedCheckpoint
 from ..devices import CpuHost, cpu_host, cpu_int8_warning, device_option, resolve_device
 from ..core.errors import QualityGateError, UserError
+from ..core.metrics import paired_drop_interval, wilson_interval
 from ..export import DEFAULT_RESOLUTION, artifact_name, check_resolution
 from ..export.artifact import ModelArtifact, read_model
 from ..core.files import model_stem
@@ -31,7 +32,7 @@ from ..core.options import check_declared, option
 from ..images.preprocess import Preprocess
 from ..core.staging import staged
 from . import stream
-from .dataset import LabelledImages, stratified_subset
+from ..images.dataset import LabelledImages, stratified_subset
 from .targets import TARGETS as REGISTRY
 from .targets import EvaluateSource, TargetModels
 
@@ -41,7 +42,6 @@ INT8_TARGETS = tuple(t for t in TARGETS if REGISTRY[t].int8)
 RUNS_ON = {name: t.runs_on for name, t in REGISTRY.items()}
 CACHE = ".evaluate-cache"  # in --out: scores of an interrupted run, until it completes
 GATE_EXIT_CODE = QualityGateError.exit_code  # --max-top1-drop exceeded
-Z95 = 1.959964
 
 Step = Callable[[str], None]
 
@@ -81,32 +81,6 @@ class EvaluateConfig:
 
 # --------------------------------------------------------------------------------------------
 # Scores.
-
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion (fractions)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def paired_drop_interval(ref_correct: np.ndarray, test_correct: np.ndarray,
-                         z: float = Z95) -> tuple[float, float, float]:
-    """Top-1 of ``ref`` minus top-1 of ``test`` on the same samples, with the Agresti-Min 95 %
-    interval (half a count added to each cell of the 2x2 table): (drop, low, high), fractions."""
-    n = len(ref_correct)
-    only_ref = int(np.sum(ref_correct & ~test_correct))
-    only_test = int(np.sum(~ref_correct & test_correct))
-    drop = (only_ref - only_test) / n
-    n2 = n + 2
-    p12, p21 = (only_ref + 0.5) / n2, (only_test + 0.5) / n2
-    centre = p12 - p21
-    half = z * math.sqrt(max(p12 + p21 - centre**2, 0.0) / n2)
-    return drop, max(-1.0, centre - half), min(1.0, centre + half)
-
 
 @dataclass
 class TargetScore:

@@ -24,7 +24,7 @@ from ..export import check_resolution
 from ..export.artifact import CPU_INT8, read_model
 from ..core.files import sha256_file
 from ..models.registry import build_model
-from .dataset import stratified_indices
+from ..images.dataset import stratified_indices
 from .stream import Runner, in_batches
 
 Step = Callable[[str], None]

@@ -43,7 +43,7 @@ from ..core.options import check_declared, option
 from ..core.staging import staged
 from .report import LayerSensitivity, write_layers_csv, write_noise_chart
 
-PRECISIONS = ("w8a8", "w8a16", "mixed")
+PRECISIONS = ("w8a8", "w8a16", "mixed", "auto")
 BACKENDS = ("aimet", "ort")
 TARGETS = ("npu", "cpu")  # the NPU's QDQ model, the CPU INT8 model (quant.cpu)
 # Every command that quantizes defaults to these (profile and compare say why they use w8a8).
@@ -63,7 +63,10 @@ class QuantizeConfig:
     # Which model: the NPU's QDQ model (this module) or the CPU INT8 model (quant.cpu, from the
     # same calibration options: CpuInt8Config.like).
     target: str = option("npu", "npu (default: the QDQ model the Hexagon NPU runs) or cpu (an INT8 model for ONNX Runtime's integer kernels: the CPU fallback, <stem>.cpu_int8.onnx).", choices=TARGETS)
-    precision: str = option(DEFAULT_PRECISION, "w8a8, w8a16 or mixed (8-bit activations, the most sensitive layers 16-bit).", choices=PRECISIONS)
+    precision: str = option(DEFAULT_PRECISION, "w8a8, w8a16, mixed (8-bit activations, the most sensitive layers 16-bit) or auto (the cheapest of those on the NPU that keeps --min-sqnr).", choices=PRECISIONS)
+    # auto: the goal, on the held-out samples (quant.search)
+    min_sqnr: float | None = option(None, "With --precision auto: the output SQNR vs float (dB) to keep on the held-out images, judged on the lower end of its 95 % interval.", flag="--min-sqnr", show_default=False)
+    max_top1_drop: float | None = option(None, "With --precision auto: the top-1 points the model may lose against float on a labelled --eval folder (class folders, or an ImageNet val folder with its ground-truth file), judged on the upper end of the paired 95 % interval.", flag="--max-top1-drop", show_default=False, minimum=0)
     quant_backend: str = option("aimet", "The quantizer: aimet (default) or ort (onnxruntime.quantization, QNN config).", choices=BACKENDS, old_flag="--backend")
     device: str = device_option()
     adaround: bool = option(False, "AdaRound the weights (AIMET).", flag="--adaround")
@@ -75,6 +78,15 @@ class QuantizeConfig:
     rotate: bool | None = option(None, "Rotate the residual stream before quantizing (float-equivalent, folded into the weights). Default: on for w8a8 and mixed, off for w8a16.", flag="--rotate/--no-rotate", show_default=False)
 
     @property
+    def goal(self):
+        """--precision auto's goal (:class:`.search.Goal`), or None."""
+        from .search import Goal
+
+        if self.min_sqnr is not None:
+            return Goal("min_sqnr", self.min_sqnr)
+        return None if self.max_top1_drop is None else Goal("max_top1_drop", self.max_top1_drop)
+
+    @property
     def rotates(self) -> bool:
         return self.precision != "w8a16" if self.rotate is None else self.rotate
     seed: int = 0
@@ -82,13 +94,22 @@ class QuantizeConfig:
     def check(self):
         """Reject bad options before any work; returns the device profile."""
         check_declared(self)
-        if self.quant_backend == "ort" and (self.precision == "mixed" or self.adaround or self.qat_steps):
-            raise UserError("mixed precision, --adaround and --qat-steps need --quant-backend aimet")
+        if self.quant_backend == "ort" and (self.precision in ("mixed", "auto") or self.adaround or self.qat_steps):
+            raise UserError("mixed and auto precision, --adaround and --qat-steps need --quant-backend aimet")
+        goals = [g for g in (self.min_sqnr, self.max_top1_drop) if g is not None]
+        if self.precision == "auto" and len(goals) != 1:
+            raise UserError("--precision auto needs one goal: --min-sqnr DB or --max-top1-drop POINTS")
+        if self.precision != "auto" and goals:
+            raise UserError("--min-sqnr and --max-top1-drop are goals of --precision auto: add it")
+        if self.max_top1_drop is not None and self.eval_dir is None:
+            raise UserError("--max-top1-drop judges top-1 on labelled images: give --eval DIR "
+                            "(class folders, or an ImageNet val folder with its ground-truth file)")
         for what, folder in (("--calib", self.calib_dir), ("--eval", self.eval_dir)):
             if folder is not None and not Path(folder).is_dir():
                 raise UserError(f"{what} folder not found: {folder}")
         device = resolve_device(self.device)
-        check_precision(device, self.precision)
+        if self.precision != "auto":  # auto's candidates are built for the device's version
+            check_precision(device, self.precision)
         return device
 
 
@@ -145,11 +166,16 @@ class QuantizeResult:
     # sha256 of the models the report describes: float_onnx, qdq_onnx, aimet_dir (its files)
     sha256: dict[str, str] = field(default_factory=dict)
     npu: NpuFigure | None = None  # the NPU's own figure (cfg.npu_samples held-out samples)
+    search: dict | None = None  # --precision auto: the goal, every candidate, the chosen one
+    # the NPU cost estimated from the graph (quant.cost; AIMET runs), relative to w8a8: not timed
+    cost_estimate: float | None = None
+    search_files: dict[str, Path] = field(default_factory=dict)  # .precision.csv / .json / .png
 
     def to_json(self) -> dict:
         d = asdict(self)
         for k in ("qdq_onnx", "float_onnx", "report_json", "layers_csv", "noise_png", "aimet_dir"):
             d[k] = None if d[k] is None else str(d[k])
+        d["search_files"] = {k: str(v) for k, v in self.search_files.items()}
         return d
 
     def figures(self) -> list[Figure]:
@@ -173,7 +199,7 @@ class QuantizeResult:
         kinds = (("float_onnx", self.float_onnx), ("qdq_onnx", self.qdq_onnx),
                  ("aimet_folder", self.aimet_dir), ("quality_report", self.report_json),
                  ("layer_csv", self.layers_csv), ("noise_chart", self.noise_png))
-        return {k: p for k, p in kinds if p is not None}
+        return {**{k: p for k, p in kinds if p is not None}, **self.search_files}
 
 
 def check_reproduces_simulation(qdq: Path, q: Quality, sim: Quality, qdq_vs_sim_db: float,
@@ -214,12 +240,42 @@ def calibration_images(cfg, notices: list[str]):
     return calib, evaluation
 
 
-def quantization_samples(ckpt: LoadedCheckpoint, cfg, notices: list[str], step: Callable[[str], None]):
+def labelled_held_out(cfg, res: int, pp, notices: list[str]):
+    """``--eval`` as a labelled dataset (:mod:`skipat_deploy.images.dataset`): ``num_eval``
+    images drawn per class, each once (no further views: a view would count one image twice),
+    with their labels; unreadable ones are left out and said."""
+    from ..images.dataset import load_dataset, stratified_subset
+    from ..images.preprocess import load_image
+
+    data = stratified_subset(load_dataset(cfg.eval_dir), cfg.num_eval, cfg.seed + 1)
+    notices.extend(data.notices)
+    xs, labels, used, bad = [], [], [], []
+    for path, label in data.items:
+        try:
+            xs.append(load_image(path, res, pp))
+        except UserError as e:
+            bad.append(f"{path.name}: {e}")
+            continue
+        labels.append(label)
+        used.append(path)
+    if not xs:
+        raise UserError(f"--eval {cfg.eval_dir}: no readable labelled image")
+    if bad:
+        notices.append(f"--eval: {len(bad)} unreadable image(s) left out (first: {bad[0]})")
+    images = calibration.ImageSet(tuple(used), f"{len(used)} labelled images of {cfg.eval_dir} ({data.layout})",
+                                  root=Path(cfg.eval_dir))
+    return images, np.concatenate(xs), np.asarray(labels, np.int64)
+
+
+def quantization_samples(ckpt: LoadedCheckpoint, cfg, notices: list[str], step: Callable[[str], None],
+                         with_labels: bool = False):
     """What every quantizer starts from: the image sets of ``cfg`` (the files actually used),
     the calibration and evaluation samples at ``cfg.resolution``, the float PyTorch model and
-    its outputs on the evaluation samples (the reference quality is measured against)."""
+    its outputs on the evaluation samples (the reference quality is measured against); with
+    ``with_labels``, also the held-out images' labels (None unless the goal is top-1)."""
     grid = check_resolution(cfg.resolution, ckpt.arch.patch_size)
     calib_set, eval_set = calibration_images(cfg, notices)
+    labels = None  # of the held-out images, when the goal is top-1
     pp, res = ckpt.spec.preprocess, cfg.resolution
     step(f"pre-processing {cfg.num_calib} calibration + {cfg.num_eval} evaluation samples at {res}px")
     if cfg.calib_dir is not None and cfg.eval_dir is None:  # a split of one folder
@@ -229,24 +285,47 @@ def quantization_samples(ckpt: LoadedCheckpoint, cfg, notices: list[str], step: 
     else:
         calib_set, xc = calibration.load_samples(calib_set, res, pp, cfg.num_calib, seed=cfg.seed)
         notices.extend(calib_set.unusable_notice("--calib"))
-        eval_set, xe = calibration.load_samples(eval_set, res, pp, cfg.num_eval, seed=cfg.seed + 1)
-        notices.extend(eval_set.unusable_notice("--eval"))
+        if getattr(cfg, "max_top1_drop", None) is not None:  # top-1 needs every image's own label
+            eval_set, xe, labels = labelled_held_out(cfg, res, pp, notices)
+        else:
+            eval_set, xe = calibration.load_samples(eval_set, res, pp, cfg.num_eval, seed=cfg.seed + 1)
+            notices.extend(eval_set.unusable_notice("--eval"))
     model = load_weights(build_model(ckpt.arch, grid), ckpt.state_dict, ckpt.spec.name).eval()
     with torch.no_grad():
         ref = model(torch.from_numpy(xe)).numpy()
+    if with_labels:
+        return calib_set, eval_set, xc, xe, model, ref, labels
     return calib_set, eval_set, xc, xe, model, ref
 
 
 def _metadata(float_res, precision: str, backend: str, device, promoted: list[str],
-              calib_source: str) -> str:
+              calib_source: str, goal: str | None = None) -> str:
     """The float export's metadata plus what the quantization did and which float model it
     started from (written beside it, by name and sha256: the NPU gate's reference)."""
     meta = dict(float_res.metadata)
     meta["quantization"] = dict(precision=precision, backend=backend, device=device.name,
                                 soc=device.soc, hexagon=device.hexagon,
                                 activations_16bit=promoted, calibration=calib_source,
-                                float_onnx=dict(file=float_res.path.name, sha256=float_res.sha256))
+                                float_onnx=dict(file=float_res.path.name, sha256=float_res.sha256),
+                                **({"chosen_for": goal} if goal else {}))
     return json.dumps(meta, sort_keys=True)
+
+
+def _search_outcome(search, ref: np.ndarray, q_out: np.ndarray, labels, cfg: QuantizeConfig,
+                    folder: Path, stem: str) -> dict[str, Path]:
+    """The written QDQ model's own figure against the goal (its simulation met it); the
+    search's reports into ``folder``. :class:`~.search.GoalNotMet` when the export misses."""
+    from .search import Candidate, GoalNotMet, sqnr_interval, top1_drop_interval, write_reports
+
+    chosen, goal = search.candidates[search.chosen], cfg.goal
+    written = Candidate("the QDQ export", chosen.precision, chosen.promoted, chosen.groups, chosen.cost)
+    written.sqnr_db, written.sqnr_low_db = sqnr_interval(ref, q_out, cfg.seed)
+    if labels is not None:
+        written.top1_drop, written.top1_drop_high = top1_drop_interval(ref, q_out, labels)
+    if not goal.met(written):
+        raise GoalNotMet(f"{chosen.name} kept {goal.flag} in its simulation but its "
+                         f"QDQ export reached {goal.reached(written)}; nothing written")
+    return write_reports(search, folder, stem)
 
 
 def _write_qdq(exported: Path, qdq: Path, backend: str, metadata: str) -> None:
@@ -292,19 +371,25 @@ def quantize(
     t0 = time.perf_counter()
     device = cfg.check()
     notices: list[str] = []
-    calib_set, eval_set, xc, xe, model, ref = quantization_samples(ckpt, cfg, notices, step)
+    calib_set, eval_set, xc, xe, model, ref, labels = quantization_samples(ckpt, cfg, notices, step, True)
+    if labels is not None and (not ckpt.arch.num_classes or labels.max() >= ckpt.arch.num_classes):
+        raise UserError("--max-top1-drop needs a classifier whose classes cover --eval's labels "
+                        f"({ckpt.spec.name} has {ckpt.arch.num_classes or 'no'} classes)")
     res = cfg.resolution
     classifier = ckpt.arch.num_classes > 0
 
     out_dir = Path(out_dir)
     base = artifact_name(ckpt, res, 1).removesuffix(".onnx")
-    tag = f"{base}_{cfg.precision}_{device.hexagon}" + ("_ort" if cfg.quant_backend == "ort" else "")
+
+    def tag_of(precision: str) -> str:
+        return f"{base}_{precision}_{device.hexagon}" + ("_ort" if cfg.quant_backend == "ort" else "")
+
+    precision, search, cost_estimate = cfg.precision, None, None  # auto: the chosen candidate's
     with staged(out_dir) as stage:
         tmp = stage.dir  # everything here moves into out_dir together
         step("exporting the float model")
         (float_res,) = export_onnx(ckpt, tmp, ExportConfig(resolutions=(res,)))
-        qdq = tmp / f"{tag}.qdq.onnx"
-        exported = stage.scratch / qdq.name  # the backend's export; the QDQ model is written once, below
+        exported = stage.scratch / "exported.qdq.onnx"  # the backend's; the QDQ model is written once, below
         aimet_dir = None
         sim_q = None
         bias_db = None
@@ -316,10 +401,11 @@ def quantize(
         if cfg.quant_backend == "aimet":
             from . import aimet
 
-            flow = aimet.run(model, xc, xe, ref, cfg, device, step)
+            flow = aimet.run(model, xc, xe, ref, cfg, device, step, labels)
+            precision, search, cost_estimate = flow.precision, flow.search, flow.cost_estimate
             step("exporting QDQ ONNX and the .aimet folder")
-            flow.export(exported, tmp / f"{tag}.aimet", INPUT_NAME, output_name(ckpt))
-            aimet_dir = tmp / f"{tag}.aimet"
+            aimet_dir = tmp / f"{tag_of(precision)}.aimet"
+            flow.export(exported, aimet_dir, INPUT_NAME, output_name(ckpt))
             promoted, sens, n_act = flow.promoted, flow.sensitivity, flow.num_activation_quantizers
             sim_out = flow.sim_outputs
             weights_only = flow.weights_only_sqnr_db
@@ -342,14 +428,20 @@ def quantize(
             step("onnxruntime.quantization (QNN QDQ config)")
             quantize_ort(str(source), str(exported), xc, INPUT_NAME,
                          16 if cfg.precision == "w8a16" else 8, 1)
+        tag = tag_of(precision)
+        qdq = tmp / f"{tag}.qdq.onnx"
         _write_qdq(exported, qdq, cfg.quant_backend,
-                   _metadata(float_res, cfg.precision, cfg.quant_backend, device, promoted, calib_set.source))
+                   _metadata(float_res, precision, cfg.quant_backend, device, promoted, calib_set.source,
+                             None if search is None else search.goal))
         step("evaluating the QDQ ONNX on the CPU")
         q_out = run_qdq_cpu(qdq, xe)
         q = quality(ref, q_out, classifier)
         if sim_q is not None:
             qdq_vs_sim = sqnr_db(sim_out, q_out)
             check_reproduces_simulation(qdq, q, sim_q, qdq_vs_sim, float(np.abs(sim_out - q_out).max()))
+        search_files: dict[str, Path] = {}
+        if search is not None:  # the written model is held to the goal too, not only its simulation
+            search_files = _search_outcome(search, ref, q_out, labels, cfg, tmp, tag)
         npu_figure = _npu_figure(npu, qdq, xe, ref, q_out, cfg.npu_samples, notices, step)
 
         final = {
@@ -359,6 +451,7 @@ def quantize(
             "report_json": out_dir / f"{tag}.quant.json",
             "layers_csv": out_dir / f"{tag}.layers.csv",
             "noise_png": out_dir / f"{tag}.noise.png" if sens else None,
+            **{k: out_dir / p.name for k, p in search_files.items()},
         }
         sizes = {"float_onnx": float_res.path.stat().st_size, "qdq_onnx": qdq.stat().st_size}
         if aimet_dir:
@@ -366,7 +459,7 @@ def quantize(
         result = QuantizeResult(
             qdq_onnx=final["qdq_onnx"], float_onnx=final["float_onnx"],
             report_json=final["report_json"], layers_csv=final["layers_csv"],
-            noise_png=final["noise_png"], aimet_dir=final["aimet_dir"], precision=cfg.precision, backend=cfg.quant_backend,
+            noise_png=final["noise_png"], aimet_dir=final["aimet_dir"], precision=precision, backend=cfg.quant_backend,
             device=device.name, hexagon=device.hexagon, resolution=res, quality=q,
             sim_quality=sim_q, qdq_vs_sim_sqnr_db=qdq_vs_sim, weights_only_sqnr_db=weights_only,
             promoted=promoted,
@@ -376,7 +469,8 @@ def quantize(
             seconds=0.0, notices=notices, rotated=cfg.rotates, bias_correction_db=bias_db,
             sha256={"float_onnx": float_res.sha256, "qdq_onnx": sha256_file(qdq),
                     **({"aimet_dir": sha256_path(aimet_dir)} if aimet_dir else {})},
-            npu=npu_figure,
+            npu=npu_figure, search=None if search is None else search.to_json(), cost_estimate=cost_estimate,
+            search_files={k: final[k] for k in search_files},
         )
         write_layers_csv(tmp / final["layers_csv"].name, sens, promoted)
         if sens:

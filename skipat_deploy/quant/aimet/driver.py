@@ -37,6 +37,9 @@ class AimetOutcome:
     # output SQNR change bias correction made on the calibration samples (kept when > 0);
     # None: not tried (16-bit activations)
     bias_correction_db: float | None = None
+    precision: str = ""  # what was built (auto: the chosen candidate's)
+    search: object | None = None  # auto: the search.SearchReport
+    cost_estimate: float | None = None  # the NPU cost estimated from the graph (quant.cost), w8a8 = 1
 
     def export(self, qdq_path, aimet_dir, input_name: str, output_name: str) -> None:
         export_qdq(self.sim, self.dummy, str(qdq_path), input_name, output_name)
@@ -90,7 +93,7 @@ def _qat(sim, model: nn.Module, xc: torch.Tensor, steps: int, step=lambda s: Non
 
 
 def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray, cfg, device,
-        step=lambda s: None) -> AimetOutcome:
+        step=lambda s: None, labels: np.ndarray | None = None) -> AimetOutcome:
     import tempfile
 
     from .. import gptq, rewrite
@@ -139,31 +142,103 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
         rows: list = []
         share: dict = {}
         promoted: list[str] = []
-        if cfg.precision == "mixed":
+
+        def sensitivity():
             # What mixed precision decides with (one forward per quantizer, a third of a w8a8
             # run): calibration samples only, so the held-out figures judge the choice.
             xs = xc[:SENSITIVITY_SAMPLES]
             with torch.no_grad():
                 rs = model(xs).numpy()
-            calib_weights_only_db, rows = isolated_sensitivity(sim, xs, rs, step)
-            share = noise_share(rows, calib_weights_only_db)
+            calib_weights_only_db, found = isolated_sensitivity(sim, xs, rs, step)
+            rows[:] = found
+            share.update(noise_share(rows, calib_weights_only_db))
             rows.sort(key=lambda r: -share[r[0]])
-            budget = int(n_act * MAX_PROMOTED_FRACTION)
-            groups = promotion_groups(base_model, set(activation_modules(sim)))
-            promoted = choose_promoted(rows, share, groups, budget)
-            step(f"promoting {len(promoted)} of {n_act} activation layers to 16 bit")
-            sim = make(SimPlan(8, tuple(promoted), htp_arch=device.htp_arch))
-        bias_gain = None
-        if act_bw == 8:
-            n = bias_correction_samples(base_model, len(xc))
-            step(f"bias correction on {n} samples")
-            bias_gain = bias_correction(sim, float_model, xc[:n])
-        if cfg.qat_steps:
-            _qat(sim, model, xc, cfg.qat_steps, step)
-            fit_softmax_ranges(sim, softmax_pairs, xc[:SOFTMAX_SEARCH_SAMPLES])  # QAT moved them
-        fit_weight_scales_to_biases(sim, sources)  # bias correction and QAT moved biases and ranges
+            # layers by falling share of the output noise, and what promoting each takes
+            return [r[0] for r in rows], promotion_groups(base_model, set(activation_modules(sim)))
+
+        def finish(s, bw):
+            """Bias correction (8-bit), QAT, the int32-safe weight scales: the last steps."""
+            gain = None
+            if bw == 8:
+                n = bias_correction_samples(base_model, len(xc))
+                step(f"bias correction on {n} samples")
+                gain = bias_correction(s, float_model, xc[:n])
+            if cfg.qat_steps:
+                _qat(s, model, xc, cfg.qat_steps, step)
+                fit_softmax_ranges(s, softmax_pairs, xc[:SOFTMAX_SEARCH_SAMPLES])  # QAT moved them
+            fit_weight_scales_to_biases(s, sources)  # bias correction and QAT moved biases and ranges
+            return gain
+
+        search = None
+        if cfg.precision == "auto":
+            sim, promoted, act_bw, bias_gain, search = _auto(
+                sim, n_act, sensitivity, finish, lambda plan: make(plan), xe, ref, cfg, device, step, labels)
+        else:
+            if cfg.precision == "mixed":
+                _, groups = sensitivity()
+                budget = int(n_act * MAX_PROMOTED_FRACTION)
+                promoted = choose_promoted(rows, share, groups, budget)
+                step(f"promoting {len(promoted)} of {n_act} activation layers to 16 bit")
+                sim = make(SimPlan(8, tuple(promoted), htp_arch=device.htp_arch))
+            bias_gain = finish(sim, act_bw)
     bits = {n: _out_bw(m) for n, m in sim.model.named_modules()}
     sens = [LayerSensitivity(n, bits.get(n) or b, s, share[n]) for n, b, s in rows]
     with torch.no_grad():
         outs = np.concatenate([sim.model(b).numpy() for b in xe.split(CALIB_BATCH)])
-    return AimetOutcome(sim, dummy, promoted, sens, n_act, outs, weights_only_db, bias_gain)
+    chosen = search.candidates[search.chosen].precision if search else cfg.precision
+    from ..cost import estimate, op_costs
+
+    cost = estimate(op_costs(sim.model, xe[:1], activation_modules(sim)),
+                    None if act_bw == 16 else set(promoted))
+    return AimetOutcome(sim, dummy, list(promoted), sens, n_act, outs, weights_only_db, bias_gain,
+                        chosen, search, cost)
+
+
+def _auto(sim, n_act, sensitivity, finish, make, xe, ref, cfg, device, step, labels):
+    """``--precision auto`` (:mod:`..search`): w8a8 (``sim``, built already) first, then the
+    ladder of 16-bit sets and w8a16, each a simulation of its plan; the cheapest that keeps the
+    goal. Returns (sim, promoted, activation bits, bias-correction gain, SearchReport)."""
+    from ..cost import estimate, op_costs
+    from ..search import (CONFIDENCE, Candidate, SearchReport, choose, ladder, sqnr_interval,
+                          top1_drop_interval)
+
+    costs = op_costs(sim.model, xe[:1], activation_modules(sim))
+    built: dict[str, tuple] = {}
+
+    def outputs(s):
+        with torch.no_grad():
+            return np.concatenate([s.model(b).numpy() for b in xe.split(CALIB_BATCH)])
+
+    def evaluate(c: Candidate) -> None:
+        bw = 16 if c.precision == "w8a16" else 8
+        s = sim if c.precision == "w8a8" else make(SimPlan(bw, c.promoted, htp_arch=device.htp_arch))
+        gain = finish(s, bw)
+        out = outputs(s)
+        c.sqnr_db, c.sqnr_low_db = sqnr_interval(ref, out, cfg.seed)
+        if labels is not None:
+            c.top1_drop, c.top1_drop_high = top1_drop_interval(ref, out, labels)
+        built[c.name] = (s, bw, gain)
+
+    first = Candidate("w8a8", "w8a8", (), 0, 1.0)
+    candidates = [first]
+    goal = cfg.goal
+    judged = (f"output SQNR vs float on the {len(xe)} held-out samples, lower end of a one-sided "
+              f"{int(CONFIDENCE * 100)} % bootstrap interval" if goal.kind == "min_sqnr" else
+              f"top-1 drop vs float on the {len(xe)} labelled held-out images, upper end of the "
+              f"{int(CONFIDENCE * 100)} % Agresti-Min interval")
+    report = SearchReport(goal.describe(), judged, "estimate from the graph, w8a8 = 1", candidates)
+    evaluate(first)
+    first.meets = goal.met(first)
+    if not first.meets:
+        order, groups = sensitivity()
+        candidates += [Candidate(f"w8a8 + {g} group(s) at 16 bit ({len(p)} layers)", "mixed", p, g,
+                                 estimate(costs, set(p)))
+                       for p, g in ladder(order, groups, n_act)]
+        candidates.append(Candidate("w8a16", "w8a16", (), 0, estimate(costs, None)))
+        candidates.sort(key=lambda c: c.cost)
+    report.chosen = choose(candidates, evaluate, goal, step)
+    chosen = candidates[report.chosen]
+    s, bw, gain = built[chosen.name]
+    step(f"auto: {chosen.name} (estimated cost {chosen.cost:.2f}x w8a8) keeps {goal.describe()}")
+    return s, chosen.promoted, bw, gain, report
+

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images.calibration import spread
+from .calibration import spread
 from ..core.errors import UserError
-from ..images.imagenet import synset_index
-from ..images.preprocess import IMAGE_SUFFIXES
+from .imagenet import synset_index
+from .preprocess import IMAGE_SUFFIXES
 
 WNID = re.compile(r"^n\d{8}$")
 GROUND_TRUTH_FILES = ("LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt", "val.txt",
