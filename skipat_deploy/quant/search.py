@@ -13,10 +13,12 @@ first: ``--min-sqnr`` on the **lower** end of a one-sided bootstrap interval of 
 ``--max-top1-drop`` (a labelled ``--eval`` folder) on the **upper** end of the Agresti-Min
 interval of the paired top-1 drop against float. A candidate is chosen only when the goal holds
 for images like the held-out ones, not just for these few, so the chosen model keeps it on
-another set more often than it fails it. The search evaluates w8a8 first (free: it is
-the simulation sensitivity needs anyway), then the most precise candidate (when even that
-misses, the goal cannot be met: exit 4, nothing written), then bisects the ladder (the output
-SQNR grows with the 16-bit set): about log2 of the ladder's length in further simulations.
+another set more often than it fails it. The per-layer sensitivity is measured first, on the
+w8a8 simulation before its bias correction (a bias corrected for every quantizer at once would
+make each layer alone look noisy). The search then evaluates w8a8 (that same simulation,
+finished), then bisects the rest of the ladder, w8a16 last (the output SQNR grows with the 16-bit set):
+about log2 of the ladder's length in further simulations. When the bisection ends at w8a16 and
+even it misses, the goal cannot be met: exit 4, nothing written.
 
 Cost: :mod:`.cost`, an estimate from the graph, relative to w8a8.
 """
@@ -159,19 +161,18 @@ def choose(candidates: list[Candidate], evaluate: Callable[[Candidate], None], g
 
     if meets(0):
         return 0
-    last = len(candidates) - 1
-    if not meets(last):
-        tried = [c for c in candidates if c.sqnr_db is not None]
-        best = max(tried, key=goal.bound) if goal.kind == "min_sqnr" else min(tried, key=goal.bound)
-        raise GoalNotMet(f"no precision this device runs keeps {goal.flag}: the best, "
-                         f"{best.name}, reached {goal.reached(best)}; nothing written")
-    lo, hi = 1, last  # candidates[hi] meets, candidates[lo - 1] does not
+    lo, hi = 1, len(candidates) - 1  # the first that meets is in [lo, hi], if any does
     while lo < hi:
         mid = (lo + hi) // 2
         if meets(mid):
             hi = mid
         else:
             lo = mid + 1
+    if not meets(hi):  # the most precise one misses too
+        tried = [c for c in candidates if c.sqnr_db is not None]
+        best = max(tried, key=goal.bound) if goal.kind == "min_sqnr" else min(tried, key=goal.bound)
+        raise GoalNotMet(f"no precision this device runs keeps {goal.flag}: the best, "
+                         f"{best.name}, reached {goal.reached(best)}; nothing written")
     return hi
 
 
