@@ -122,16 +122,21 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
         softmax_pairs = softmax_value_pairs(base_model)
         sources = input_sources(base_model)
 
-        def make(plan):
-            sim = build_sim(base_model, dummy, plan, device.aimet_config)
-            if frozen:
+        def make(plan, base=None, base_scales=None):
+            """The calibrated simulation of ``plan`` on the prepared model (or ``base``, whose
+            GPTQ scales are ``base_scales``)."""
+            net = base_model if base is None else base
+            sim = build_sim(net, dummy, plan, device.aimet_config)
+            if frozen and base is None:
                 sim.set_and_freeze_param_encodings(frozen)
-            freeze_weight_scales(sim, scales)
+            freeze_weight_scales(sim, scales if base is None else base_scales)
             step(f"calibrating on {len(xc)} samples")
             calibrate(sim, batches)
-            floor_gelu_inputs(sim, gelu_inputs)
-            fit_softmax_ranges(sim, softmax_pairs, xc[:SOFTMAX_SEARCH_SAMPLES])
-            fit_weight_scales_to_biases(sim, sources)
+            same = base is None
+            floor_gelu_inputs(sim, gelu_inputs if same else gelu_only_producers(net))
+            fit_softmax_ranges(sim, softmax_pairs if same else softmax_value_pairs(net),
+                               xc[:SOFTMAX_SEARCH_SAMPLES])
+            fit_weight_scales_to_biases(sim, sources if same else input_sources(net))
             return sim
 
         step(f"building the simulation ({device.aimet_config})")
@@ -178,14 +183,7 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
             plain = copy.deepcopy(rewrite.prepare(model, xc, False, cfg.seed, step))
             with torch.no_grad():
                 plain_scales = gptq.gptq_linears(plain, xc)
-            s = build_sim(plain, dummy, SimPlan(16, htp_arch=device.htp_arch), device.aimet_config)
-            freeze_weight_scales(s, plain_scales)
-            step(f"calibrating on {len(xc)} samples")
-            calibrate(s, batches)
-            floor_gelu_inputs(s, gelu_only_producers(plain))
-            fit_softmax_ranges(s, softmax_value_pairs(plain), xc[:SOFTMAX_SEARCH_SAMPLES])
-            fit_weight_scales_to_biases(s, input_sources(plain))
-            return s
+            return make(SimPlan(16, htp_arch=device.htp_arch), plain, plain_scales)
 
         search = None
         if cfg.precision == "auto":
