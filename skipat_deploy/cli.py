@@ -57,7 +57,7 @@ PREPROCESS = F(LoadConfig, "mean std crop_pct interpolation")
 LOAD_REST = (ARCH, SAFETY, PREPROCESS)
 # What every command that quantizes takes of the quantizer's options (QuantizeConfig's fields:
 # one declaration, the same flag, help and meaning in every command).
-QUANTIZER = "precision min_sqnr quant_backend calib_dir num_calib"
+QUANTIZER = "precision min_sqnr cost quant_backend calib_dir num_calib"
 
 
 @command(app, "export", [CKPT, F(ExportConfig, "resolutions"), out(api.export, "Artifact folder."),

@@ -258,15 +258,18 @@ def show_quantized(run: Run, r) -> None:
 
 def _show_search(s: dict) -> None:
     top1 = s["goal"].startswith("max_top1_drop")
-    t = table("candidate", "cost (est.)", "held-out SQNR", "95 % lower",
-              *(("top-1 drop", "95 % upper") if top1 else ()), "goal",
+    where = s.get("measured_on")
+    t = table("candidate", "cost (est.)", *((f"ms, measured on {where}",) if where else ()),
+              "held-out SQNR", "95 % lower", *(("top-1 drop", "95 % upper") if top1 else ()), "goal",
               title=f"--precision auto, goal {s['goal']} ({s['judged_on']})")
     for i, c in enumerate(s["candidates"]):
         tried = c["sqnr_db"] is not None
         cells = [f"{c['sqnr_db']:.2f} dB", f"{c['sqnr_low_db']:.2f} dB"] if tried else ["-", "-"]
         if top1:
             cells += [f"{c['top1_drop']:.2f}", f"{c['top1_drop_high']:.2f}"] if tried else ["-", "-"]
-        t.add_row(("* " if i == s["chosen"] else "") + c["name"], f"{c['cost']:.2f}", *cells,
+        ms = c.get("latency_ms")
+        timed = (("-" if ms is None else f"{ms:.2f}"),) if where else ()
+        t.add_row(("* " if i == s["chosen"] else "") + c["name"], f"{c['cost']:.2f}", *timed, *cells,
                   "met" if c["meets"] else "missed" if tried else "not tried")
     Console().print(t)
 

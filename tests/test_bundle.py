@@ -346,9 +346,9 @@ def test_bundle_quantizes_once_per_hexagon_version(tmp_path, nano_ckpts, monkeyp
     versions = []
     real = command.quantize
 
-    def counted(ckpt, out_dir, cfg, step):
+    def counted(ckpt, out_dir, cfg, step, **kw):
         versions.append(cfg.device)
-        return real(ckpt, out_dir, cfg, step)
+        return real(ckpt, out_dir, cfg, step, **kw)
 
     monkeypatch.setattr(command, "quantize", counted)
     r = api.bundle(nano_ckpts["vit_nano_patch16"], tmp_path,

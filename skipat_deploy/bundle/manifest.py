@@ -234,8 +234,10 @@ def _chosen_for(search: dict | None) -> dict | None:
     if search is None:
         return None
     c = search["candidates"][search["chosen"]]
+    timed = {} if c.get("latency_ms") is None else {
+        "latency_ms": c["latency_ms"], "latency_measured_on": search["measured_on"]}
     return {"goal": search["goal"], "candidate": c["name"], "sqnr_db": c["sqnr_db"],
-            "sqnr_low_db": c["sqnr_low_db"], "cost_estimate": c["cost"]}
+            "sqnr_low_db": c["sqnr_low_db"], "cost_estimate": c["cost"], **timed}
 
 
 def _measure(f: Figure) -> dict:

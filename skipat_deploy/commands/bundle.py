@@ -19,7 +19,9 @@ from ..npu.compile import compile_local
 from ..npu.config import CompileConfig
 from ..quant import QuantizeConfig, QuantizeResult, quantize
 from ..quant.cpu import CpuInt8Config, quantize_cpu
+from ..quant.search import LatencyMeter
 from .inputs import noted
+from .timing import latency_meter
 
 Step = Callable[[str], None]
 
@@ -51,12 +53,20 @@ class BundleResult:
 def run(load_cfg: LoadConfig, out_dir: str | Path, cfg: BundleConfig, qcfg: QuantizeConfig,
         step: Step) -> BundleResult:
     cfg.check(qcfg)
+    notices: list[str] = []
+    meters = {}  # Hexagon version -> where its candidates are timed (--precision auto)
+    for name in cfg.devices:
+        dev = resolve_device(name)
+        if dev.hexagon not in meters:
+            meters[dev.hexagon] = latency_meter(replace(qcfg, device=dev.name), out_dir, step, notices)
     loaded = load(load_cfg)
-    return noted(bundle(loaded, out_dir, cfg, qcfg, step), loaded)
+    result = bundle(loaded, out_dir, cfg, qcfg, step, meters)
+    result.notices[:0] = [n for n in dict.fromkeys(notices)]
+    return noted(result, loaded)
 
 
 def bundle(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: BundleConfig, qcfg: QuantizeConfig,
-           step: Step) -> BundleResult:
+           step: Step, latency: dict[str, LatencyMeter | None] | None = None) -> BundleResult:
     """One app bundle folder per resolution in ``out_dir``: quantize once per Hexagon version
     among the devices, compile each device from the model of its version, add the CPU INT8
     model (same calibration options) as the fallback where there is no NPU, describe it all in
@@ -79,7 +89,8 @@ def bundle(ckpt: LoadedCheckpoint, out_dir: str | Path, cfg: BundleConfig, qcfg:
                 if dev.hexagon not in quantized:
                     step(f"quantizing for Hexagon {dev.hexagon}")
                     quantized[dev.hexagon] = quantize(
-                        ckpt, folder, replace(qcfg, resolution=res, device=dev.name), step)
+                        ckpt, folder, replace(qcfg, resolution=res, device=dev.name), step,
+                        latency=(latency or {}).get(dev.hexagon))
                 q = quantized[dev.hexagon]
                 step(f"compiling for {dev.name} ({dev.soc})")
                 c = compile_local(q.qdq_onnx, folder, CompileConfig(device=dev.name), step)

@@ -19,9 +19,12 @@ from ..images.dataset import LabelledImages, load_dataset, stratified_subset
 from ..measure.stream import run_stream
 from ..measure.targets import int8_runner, onnx_runner, torch_runner
 from ..models.checkpoint import LoadConfig, LoadedCheckpoint, load
+from ..npu.config import CompileConfig
 from ..quant import QuantizeConfig, quantize
+from ..quant.search import LatencyMeter
 from . import profile
 from .inputs import noted
+from .timing import latency_meter
 
 Step = Callable[[str], None]
 QUANTIZE = profile.QUANTIZE  # latency is the question here too (see there)
@@ -33,11 +36,13 @@ def run(vit: Path | None, skipat: Path | None, out_dir: str | Path, cfg: cmp.Com
     architectures (latency does not depend on weight values)."""
     load_cfg.check()
     qcfg = replace(qcfg, device=cfg.device)
+    meter, notices = None, []
     if cmp.resolve_backend(cfg.measure_on, []) == "hub":
         from ..npu.hub import preflight
 
         qcfg.check()
         preflight(resolve_device(cfg.device))  # say what is wrong with AI Hub before any work
+        meter = latency_meter(qcfg, out_dir, step, notices, CompileConfig(hub_timeout_s=cfg.hub_timeout_s))
     ckpts = {}
     for fam, path in (("vit", vit), ("skipat", skipat)):
         # --skip-indices describe the SkipAt model; a ViT has no skipped blocks
@@ -46,11 +51,14 @@ def run(vit: Path | None, skipat: Path | None, out_dir: str | Path, cfg: cmp.Com
         if ckpts[fam].arch.family != fam:
             raise ArchitectureError(f"--{fam} {path} holds a {ckpts[fam].arch.family} model, not {fam}")
     eval_data = load_dataset(cfg.eval_dir, cfg.eval_labels) if cfg.eval_dir is not None else None
-    return noted(compare(ckpts, out_dir, cfg, qcfg, step, eval_data), *ckpts.values())
+    result = compare(ckpts, out_dir, cfg, qcfg, step, eval_data, meter)
+    result.notices[:0] = notices
+    return noted(result, *ckpts.values())
 
 
 def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path, cfg: cmp.CompareConfig,
-            qcfg: QuantizeConfig, step: Step, eval_data: LabelledImages | None = None) -> cmp.CompareResult:
+            qcfg: QuantizeConfig, step: Step, eval_data: LabelledImages | None = None,
+            latency: LatencyMeter | None = None) -> cmp.CompareResult:
     """ViT against SkipAt (``ckpts``: family -> checkpoint) at every resolution: make the
     models each backend needs (``qcfg``: how they are quantized), measure them
     (:mod:`skipat_deploy.measure.compare`), write the reports into ``out_dir``. With
@@ -88,7 +96,7 @@ def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path, cfg: cmp.Co
             qdq = {}
             for res in cfg.resolutions:
                 for fam in cmp.FAMILIES:
-                    q = quantize(ckpts[fam], out_dir, replace(qcfg, resolution=res), step)
+                    q = quantize(ckpts[fam], out_dir, replace(qcfg, resolution=res), step, latency=latency)
                     notices.extend(n for n in q.notices if n not in notices)
                     qdq[(fam, res)] = q.qdq_onnx
                     made += q.files().items()

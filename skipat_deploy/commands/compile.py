@@ -16,7 +16,9 @@ from ..npu.compile import check_model, compile_local, compile_local_many
 from ..npu.config import CompileConfig, CompileResult
 from ..quant import QuantizeConfig, quantize
 from ..quant.quantize import DEFAULT_PRECISION
+from ..quant.search import LatencyMeter
 from .inputs import model_preprocess, noted, one_source
+from .timing import latency_meter
 
 Step = Callable[[str], None]
 # `compile --precision fp16` before --fp16 was compile's own option (still accepted, said so)
@@ -61,17 +63,21 @@ def compile_one(model: Path | None, load_cfg: LoadConfig, out_dir: str | Path, c
         loaded = load(load_cfg)
         return noted(export_and_compile(loaded, out_dir, qcfg.resolution, cfg, step), loaded)
     qcfg.check()
+    notices: list[str] = []
+    meter = latency_meter(qcfg, out_dir, step, notices, cfg)
     loaded = load(load_cfg)
-    return noted(quantize_and_compile(loaded, out_dir, qcfg, cfg, step), loaded)
+    result = quantize_and_compile(loaded, out_dir, qcfg, cfg, step, meter)
+    result.notices[:0] = notices
+    return noted(result, loaded)
 
 
 def quantize_and_compile(ckpt: LoadedCheckpoint, out_dir: str | Path, qcfg: QuantizeConfig,
-                         ccfg: CompileConfig, step: Step) -> CompileResult:
+                         ccfg: CompileConfig, step: Step, latency: LatencyMeter | None = None) -> CompileResult:
     """Export and quantize ``ckpt``, then compile the QDQ model (locally or on AI Hub). The
     result's ``quantized`` holds the quantization result. One transaction: a failed compile
     leaves none of the quantized files either."""
     with staged(out_dir):
-        quantized = quantize(ckpt, out_dir, qcfg, step)
+        quantized = quantize(ckpt, out_dir, qcfg, step, latency=latency)
         result = compile_model(quantized.qdq_onnx, out_dir, ccfg, step)
     result.quantized = quantized
     return result

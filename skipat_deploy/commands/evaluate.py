@@ -16,7 +16,9 @@ from ..models.checkpoint import LoadConfig, LoadedCheckpoint, load
 from ..npu.compile import compile_local
 from ..npu.config import CompileConfig
 from ..quant import QuantizeConfig, quantize
+from ..quant.search import LatencyMeter
 from .inputs import model_preprocess, noted
+from .timing import latency_meter
 
 Step = Callable[[str], None]
 
@@ -35,6 +37,7 @@ class EvaluateModels:
     out_dir: Path
     step: Step
     notices: list[str] = field(default_factory=list)
+    latency: LatencyMeter | None = None  # --precision auto timed on the phone (commands.timing)
     _made: dict = field(default_factory=dict)
 
     @property
@@ -65,7 +68,7 @@ class EvaluateModels:
             return self.model
 
         def make():
-            q = quantize(self.ckpt, self.out_dir, self.quantize, self.step)
+            q = quantize(self.ckpt, self.out_dir, self.quantize, self.step, latency=self.latency)
             self.notices.extend(n for n in q.notices if n not in self.notices)
             self._made["qdq_precision"] = q.precision
             return q.qdq_onnx
@@ -113,6 +116,8 @@ def run(data: Path, model: Path | None, out_dir: str | Path, cfg: EvaluateConfig
     if model is not None:
         models = EvaluateModels(None, Path(model), qcfg, cfg.hub_timeout_s, out_dir, step)
         return evaluate(Path(model), dataset, out_dir, cfg, models, step)
+    notices: list[str] = []
+    meter = latency_meter(qcfg, out_dir, step, notices, CompileConfig(hub_timeout_s=cfg.hub_timeout_s))
     loaded = load(load_cfg)
-    models = EvaluateModels(loaded, None, qcfg, cfg.hub_timeout_s, out_dir, step)
+    models = EvaluateModels(loaded, None, qcfg, cfg.hub_timeout_s, out_dir, step, notices, latency=meter)
     return noted(evaluate(loaded, dataset, out_dir, cfg, models, step), loaded)

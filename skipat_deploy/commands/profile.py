@@ -15,7 +15,9 @@ from ..measure.profile import ProfileConfig, ProfileOutcome, profile_cpu_models,
 from ..npu.compile import check_model
 from ..quant import QuantizeConfig, quantize
 from ..quant.cpu import CpuInt8Config, quantize_cpu
+from ..quant.search import LatencyMeter
 from .inputs import model_preprocess, noted, one_source
+from .timing import latency_meter
 
 Step = Callable[[str], None]
 
@@ -44,8 +46,9 @@ def run(model: Path | None, load_cfg: LoadConfig, out_dir: str | Path, cfg: Prof
         qcfg.check()
         preflight(device)  # unreachable, bad token, unknown device: now, not after quantizing
     if model is None:
+        meter = latency_meter(qcfg, out_dir, step, notices, ccfg) if backend == "hub" else None
         loaded = load(load_cfg)
-        out = profile_checkpoint(loaded, Path(out_dir), backend, cfg, qcfg, step)
+        out = profile_checkpoint(loaded, Path(out_dir), backend, cfg, qcfg, step, meter)
         out.notices[:0] = notices
         return noted(out, loaded)
     out = ProfileOutcome(backend, device.name, notices=notices)
@@ -76,7 +79,7 @@ def fp32_and_int8(ckpt: LoadedCheckpoint, out_dir: Path, qcfg: QuantizeConfig, s
 
 
 def profile_checkpoint(ckpt: LoadedCheckpoint, out_dir: Path, backend: str, cfg: ProfileConfig,
-                       qcfg: QuantizeConfig, step: Step) -> ProfileOutcome:
+                       qcfg: QuantizeConfig, step: Step, latency: LatencyMeter | None = None) -> ProfileOutcome:
     """``cpu`` (``backend``, resolved): time the FP32 export and the CPU INT8 model of it;
     ``hub``: quantize (``qcfg``) and profile the NPU's QDQ model on the phone."""
     ccfg = cfg.compile_config()
@@ -89,7 +92,7 @@ def profile_checkpoint(ckpt: LoadedCheckpoint, out_dir: Path, backend: str, cfg:
             step(f"timing on the CPU ({cfg.runs} runs)")
             out.cpu, out.cpu_ratio = profile_cpu_models(models, cfg.runs, cfg.warmup, cfg.threads, cfg.budget_s)
             return out
-        q = quantize(ckpt, out_dir, qcfg, step)
+        q = quantize(ckpt, out_dir, qcfg, step, latency=latency)
         out.made += q.files().items()
         out.notices.extend(q.notices)
         out.compiled, out.hub = profile_hub(q.qdq_onnx, out_dir, ccfg, step)

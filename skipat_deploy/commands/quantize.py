@@ -11,6 +11,7 @@ from ..models.checkpoint import LoadConfig, load
 from ..quant import QuantizeConfig, QuantizeResult, quantize
 from ..quant.cpu import CpuInt8Config, CpuInt8Result, quantize_cpu
 from .inputs import noted
+from .timing import latency_meter
 
 Step = Callable[[str], None]
 
@@ -24,13 +25,16 @@ def run(load_cfg: LoadConfig, out_dir: str | Path, cfg: QuantizeConfig, isa: str
     if isa is not None:
         raise UserError("--cpu-isa chooses the CPU INT8 model: give it with --target cpu")
     device = cfg.check()
+    notices: list[str] = []
+    meter = latency_meter(cfg, out_dir, step, notices)
     loaded = load(load_cfg)
     runner = None
     if cfg.npu_samples:
         from ..npu.qnn import qdq_runner
 
         runner = qdq_runner(device)
-    result = quantize(loaded, out_dir, cfg, step, npu=runner)
+    result = quantize(loaded, out_dir, cfg, step, npu=runner, latency=meter)
+    result.notices[:0] = notices
     if cfg.npu_samples and runner is None:
         result.notices.append("no NPU figure in the report: onnxruntime-qnn is not installed "
                               "(the HTP simulator runs on Linux x86-64 and Windows)")

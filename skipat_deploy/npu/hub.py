@@ -309,7 +309,10 @@ def _submit_or_resume(hub, record: RunRecord, key: str, identity: dict, submit: 
 
 
 def submit_compile(hub, model: Path, out_dir: Path, cfg: CompileConfig, device: DeviceProfile,
-                   step: Callable[[str], None] = lambda msg: None) -> Submitted:
+                   step: Callable[[str], None] = lambda msg: None, record: RunRecord | None = None,
+                   key: str | None = None) -> Submitted:
+    """Upload ``model`` and submit its compile job, or resume the one ``record`` (default: the
+    model's own, ``<stem>.hub.json`` in ``out_dir``) holds under ``key``."""
     target_notice = check_target(model, device)
     stem = compiled_stem(model, device.soc)
     options = f"--target_runtime {cfg.target_runtime}"
@@ -326,8 +329,8 @@ def submit_compile(hub, model: Path, out_dir: Path, cfg: CompileConfig, device: 
                    what="submitting the compile job")
         return job, "compile"
 
-    sub = _submit_or_resume(hub, RunRecord(out_dir / f"{stem}.hub.json"),
-                            f"compile {cfg.target_runtime}", identity, submit, step)
+    sub = _submit_or_resume(hub, record or RunRecord(out_dir / f"{stem}.hub.json"),
+                            key or f"compile {cfg.target_runtime}", identity, submit, step)
     if target_notice:
         sub.notices.insert(0, target_notice)
     return sub
@@ -464,6 +467,52 @@ def finish_profile(sub: Submitted, model: Path, out_dir: Path, device: DevicePro
     return HubProfile(model=model, device=device.name, hub_device=device.hub_devices[0],
                       raw_profile=raw, device_check=check, jobs=[entry], notices=list(sub.notices),
                       **figures)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing several models on the phone (--precision auto's candidates): every compile job is
+# submitted before any is waited on, each profile job as soon as its compile is done; one run
+# record for the set, so an interrupted search resumes its jobs instead of submitting new ones.
+
+def time_models(models: dict[str, Path], record_path: Path, cfg: CompileConfig,
+                step: Callable[[str], None] = lambda msg: None,
+                hub=None) -> dict[str, tuple[float, dict]]:
+    """``{name: QDQ model}`` -> ``{name: (median inference ms on the phone, how)}``: each
+    compiled for ``cfg.device`` and profiled there (AI Hub's own profile job: its inference
+    runs, median; AI Hub's estimate where it gives no runs)."""
+    device = cfg.check()
+    hub = hub or client()
+    record = RunRecord(Path(record_path))
+    compiles = {name: submit_compile(hub, path, record.path.parent, cfg, device, step, record,
+                                     f"compile {name}") for name, path in models.items()}
+    profiles: dict[str, Submitted] = {}
+    for name, sub in compiles.items():
+        wait(sub.job, sub.entry, record, sub.key, step, cfg.hub_timeout_s)
+
+        def submit(sub=sub, name=name):
+            target = call(sub.job.get_target_model, what="reading the compiled model")
+            step(f"submitting the profile job of {name} on {device.hub_devices[0]}")
+            job = call(hub.submit_inference_job, target, device=hub_device(device), profile=True,
+                       name=f"skipat-deploy auto: {name}", what="submitting a profile job")
+            return job, "profile"
+
+        identity = dict(compile_job=sub.job.job_id, hub_device=device.hub_devices[0])
+        profiles[name] = _submit_or_resume(hub, record, f"profile {name}", identity, submit, step)
+    times = {}
+    for name, sub in profiles.items():
+        entry = wait(sub.job, sub.entry, record, sub.key, step, cfg.hub_timeout_s)
+        doc = call(sub.job.download_profile, what=f"downloading the profile of job {sub.job.job_id}")
+        figures = parse_profile(doc)
+        runs = [t / 1000 for t in (doc.get("execution_summary") or {}).get("all_inference_times") or []]
+        ms = float(np.median(runs)) if runs else figures["estimated_inference_ms"]
+        entry["inference_ms"] = ms
+        record.put(sub.key, entry)
+        times[name] = (ms, dict(
+            runs=len(runs), estimated_inference_ms=figures["estimated_inference_ms"],
+            compute_units=figures["compute_units"], model_sha256=compiles[name].entry["model_sha256"],
+            compile_job=compiles[name].job.job_id, profile_job=sub.job.job_id, url=sub.job.url,
+            resumed=any(n.startswith("resumed") for n in compiles[name].notices + sub.notices)))
+    return times
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,10 +42,12 @@ from ..models.registry import build_model
 from ..core.options import check_declared, option
 from ..core.staging import staged
 from .report import LayerSensitivity, write_layers_csv, write_noise_chart
+from .search import LatencyMeter
 
 PRECISIONS = ("w8a8", "w8a16", "mixed", "auto")
 BACKENDS = ("aimet", "ort")
-TARGETS = ("npu", "cpu")  # the NPU's QDQ model, the CPU INT8 model (quant.cpu)
+TARGETS = ("npu", "cpu")
+COSTS = ("auto", "estimate", "hub")  # --precision auto's cost: how candidates are compared  # the NPU's QDQ model, the CPU INT8 model (quant.cpu)
 # Every command that quantizes defaults to these (profile and compare say why they use w8a8).
 DEFAULT_PRECISION = "w8a16"
 DEFAULT_NUM_CALIB = 64
@@ -67,6 +69,9 @@ class QuantizeConfig:
     # auto: the goal, on the held-out samples (quant.search)
     min_sqnr: float | None = option(None, "With --precision auto: the output SQNR vs float (dB) to keep on the held-out images, judged on the lower end of its 95 % interval.", flag="--min-sqnr", show_default=False)
     max_top1_drop: float | None = option(None, "With --precision auto: the top-1 points the model may lose against float on a labelled --eval folder (class folders, or an ImageNet val folder with its ground-truth file), judged on the upper end of the paired 95 % interval.", flag="--max-top1-drop", show_default=False, minimum=0)
+    # What ranks the candidates auto finds keeping the goal: the graph estimate (quant.cost), or
+    # their inference times on the phone on AI Hub (the command builds the meter).
+    cost: str = option("auto", "With --precision auto: how the candidates that keep the goal are compared: hub (each compiled and timed on the phone on AI Hub, the fastest chosen), estimate (the NPU cost estimated from the graph; nothing leaves this machine), auto (hub where AI Hub is configured, else estimate).", choices=COSTS)
     quant_backend: str = option("aimet", "The quantizer: aimet (default) or ort (onnxruntime.quantization, QNN config).", choices=BACKENDS, old_flag="--backend")
     device: str = device_option()
     adaround: bool = option(False, "AdaRound the weights (AIMET).", flag="--adaround")
@@ -101,6 +106,8 @@ class QuantizeConfig:
             raise UserError("--precision auto needs one goal: --min-sqnr DB or --max-top1-drop POINTS")
         if self.precision != "auto" and goals:
             raise UserError("--min-sqnr and --max-top1-drop are goals of --precision auto: add it")
+        if self.precision != "auto" and self.cost != "auto":
+            raise UserError(f"--cost {self.cost} compares the candidates of --precision auto: add it")
         if self.max_top1_drop is not None and self.eval_dir is None:
             raise UserError("--max-top1-drop judges top-1 on labelled images: give --eval DIR "
                             "(class folders, or an ImageNet val folder with its ground-truth file)")
@@ -192,6 +199,11 @@ class QuantizeResult:
             out += [Figure("npu_sqnr_vs_float", self.npu.npu_sqnr_db, "dB", self.npu.runs_on, subject),
                     Figure("npu_samples_cpu_sqnr_vs_float", self.npu.qdq_sqnr_db, "dB",
                            "cpu (onnxruntime, QDQ), the same samples", subject)]
+        for c in (self.search or {}).get("candidates", []):  # --precision auto, timed on a phone
+            if c.get("latency_ms") is not None:
+                out.append(Figure("candidate_latency_median", c["latency_ms"], "ms",
+                                  f"{self.search['measured_on']}, {c['measured']['runs']} runs",
+                                  f"{subject}: {c['name']}"))
         return out + [Figure("quantize_seconds", self.seconds, "s", "cpu", subject)]
 
     def files(self) -> dict[str, Path]:
@@ -367,7 +379,10 @@ def quantize(
     cfg: QuantizeConfig = QuantizeConfig(),
     step: Callable[[str], None] = lambda msg: None,
     npu: NpuRunner | None = None,
+    latency: LatencyMeter | None = None,
 ) -> QuantizeResult:
+    """``latency`` (``--precision auto``): time the candidates that keep the goal on a phone
+    and choose the fastest; their QDQ models are written as the chosen one is."""
     t0 = time.perf_counter()
     device = cfg.check()
     notices: list[str] = []
@@ -401,7 +416,24 @@ def quantize(
         if cfg.quant_backend == "aimet":
             from . import aimet
 
-            flow = aimet.run(model, xc, xe, ref, cfg, device, step, labels)
+            timer = None
+            if latency is not None and cfg.precision == "auto":
+                def timer(candidates):
+                    from .aimet.sim import export_qdq
+
+                    models = {}
+                    for i, (c, sim) in enumerate(candidates):
+                        raw = stage.scratch / f"candidate{i}.exported.onnx"
+                        export_qdq(sim, torch.from_numpy(xc[:1]), str(raw), INPUT_NAME, output_name(ckpt))
+                        models[c.name] = stage.scratch / f"{tag_of(c.precision)}.candidate{i}.qdq.onnx"
+                        _write_qdq(raw, models[c.name], "aimet",
+                                   _metadata(float_res, c.precision, "aimet", device, list(c.promoted),
+                                             calib_set.source, cfg.goal.describe()))
+                    return latency.measure(models, f"{base}_{device.hexagon}.precision")
+
+            flow = aimet.run(model, xc, xe, ref, cfg, device, step, labels, timer)
+            if flow.search is not None and timer is not None:
+                flow.search.measured_on = latency.where
             precision, search, cost_estimate = flow.precision, flow.search, flow.cost_estimate
             step("exporting QDQ ONNX and the .aimet folder")
             aimet_dir = tmp / f"{tag_of(precision)}.aimet"

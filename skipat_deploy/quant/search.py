@@ -20,7 +20,12 @@ finished), then bisects the rest of the ladder, w8a16 last (the output SQNR grow
 about log2 of the ladder's length in further simulations. When the bisection ends at w8a16 and
 even it misses, the goal cannot be met: exit 4, nothing written.
 
-Cost: :mod:`.cost`, an estimate from the graph, relative to w8a8.
+Cost: :mod:`.cost`, an estimate from the graph, relative to w8a8. With a
+:class:`LatencyMeter` (the command builds one where AI Hub is configured: ``--cost``), every
+candidate the search tried and found meeting the goal is then timed on the phone, and the
+fastest measured one is chosen (:func:`choose_measured`); the estimate only orders the search.
+A more precise candidate the bisection did not try is not timed: it would need its own
+simulation, and the estimate ranks it dearer.
 """
 
 from __future__ import annotations
@@ -92,6 +97,8 @@ class Candidate:
     top1_drop: float | None = None  # labelled held-out: float top-1 minus this one's, points
     top1_drop_high: float | None = None  # upper end of its 95 % interval
     meets: bool | None = None  # None: not tried
+    latency_ms: float | None = None  # measured on the phone (a LatencyMeter), median inference time
+    measured: dict | None = None  # how: runs, the job ids and links, the model's sha256
 
 
 @dataclass
@@ -102,11 +109,29 @@ class SearchReport:
     candidates: list[Candidate]
     chosen: int | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    measured_on: str | None = None  # where latency_ms was measured; None: estimate only
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["files"] = {k: str(v) for k, v in self.files.items()}
         return d
+
+
+@dataclass(frozen=True)
+class LatencyMeter:
+    """Times QDQ models on a phone: ``measure({candidate name: QDQ path}, stem)`` returns
+    ``{name: (median ms, how)}`` (``stem`` names the run's record, so an interrupted search
+    resumes its jobs); ``where`` names the phone and the service, for every report."""
+
+    where: str
+    measure: Callable[[dict[str, Path], str], dict[str, tuple[float, dict]]]
+
+
+def choose_measured(candidates: list[Candidate], chosen: int) -> int:
+    """Among the candidates that met the goal and were timed, the fastest (ties: the cheaper
+    estimate); ``chosen`` (the estimate's choice) when none was timed."""
+    timed = [i for i, c in enumerate(candidates) if c.meets and c.latency_ms is not None]
+    return min(timed, key=lambda i: (candidates[i].latency_ms, candidates[i].cost)) if timed else chosen
 
 
 def sqnr_interval(ref: np.ndarray, out: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -184,12 +209,13 @@ def write_reports(report: SearchReport, folder: Path, stem: str) -> dict[str, Pa
     with open(paths["precision_csv"], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["candidate", "precision", "groups_16bit", "layers_16bit", "cost_estimate",
-                    "sqnr_db", "sqnr_low_db", "top1_drop", "top1_drop_high", "meets_goal", "chosen"])
+                    "sqnr_db", "sqnr_low_db", "top1_drop", "top1_drop_high", "meets_goal",
+                    "latency_ms_measured", "chosen"])
         cell = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
         for i, c in enumerate(report.candidates):
             w.writerow([c.name, c.precision, c.groups, len(c.promoted), f"{c.cost:.3f}",
                         cell(c.sqnr_db), cell(c.sqnr_low_db), cell(c.top1_drop), cell(c.top1_drop_high),
-                        "" if c.meets is None else int(c.meets), int(i == report.chosen)])
+                        "" if c.meets is None else int(c.meets), cell(c.latency_ms), int(i == report.chosen)])
     paths["precision_json"].write_text(json.dumps(report.to_json(), indent=2) + "\n")
     _chart(paths["precision_png"], report)
     return paths
@@ -210,7 +236,8 @@ def _chart(path: Path, report: SearchReport) -> None:
         below, above = (value(c) - bound(c), 0) if sqnr else (0, bound(c) - value(c))
         ax.errorbar([c.cost], [value(c)], yerr=[[below], [above]], fmt="o",
                     color="tab:green" if c.meets else "tab:red", capsize=3)
-        ax.annotate(c.name, (c.cost, value(c)), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        label = c.name if c.latency_ms is None else f"{c.name}: {c.latency_ms:.2f} ms measured"
+        ax.annotate(label, (c.cost, value(c)), textcoords="offset points", xytext=(5, 5), fontsize=7)
     for c in report.candidates:
         if c.sqnr_db is None:
             ax.axvline(c.cost, color="0.85", lw=0.8, zorder=0)
@@ -223,7 +250,8 @@ def _chart(path: Path, report: SearchReport) -> None:
                label=f"goal {report.goal.split(' ', 1)[1]} (95 % {'lower' if sqnr else 'upper'} bound)")
     ax.set_xlabel(f"cost ({report.cost})")
     ax.set_ylabel("output SQNR vs float, held-out (dB)" if sqnr else "top-1 drop vs float, held-out (points)")
-    ax.set_title("--precision auto: candidates tried (grey lines: not tried)", fontsize=9)
+    where = f"; ms: measured on {report.measured_on}" if report.measured_on else ""
+    ax.set_title(f"--precision auto: candidates tried (grey lines: not tried){where}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -93,7 +93,9 @@ def _qat(sim, model: nn.Module, xc: torch.Tensor, steps: int, step=lambda s: Non
 
 
 def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray, cfg, device,
-        step=lambda s: None, labels: np.ndarray | None = None) -> AimetOutcome:
+        step=lambda s: None, labels: np.ndarray | None = None, timer=None) -> AimetOutcome:
+    """``timer`` (``--precision auto``, timed on a phone): ``[(Candidate, sim)] -> {name: (ms,
+    how)}`` for the candidates that meet the goal."""
     import tempfile
 
     from .. import gptq, rewrite
@@ -188,7 +190,7 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
         search = None
         if cfg.precision == "auto":
             sim, promoted, act_bw, bias_gain, search = _auto(
-                sim, n_act, sensitivity, finish, make, make_w8a16, xe, ref, cfg, device, step, labels)
+                sim, n_act, sensitivity, finish, make, make_w8a16, xe, ref, cfg, device, step, labels, timer)
         else:
             if cfg.precision == "mixed":
                 _, groups = sensitivity()
@@ -210,13 +212,15 @@ def run(model: nn.Module, xc_np: np.ndarray, xe_np: np.ndarray, ref: np.ndarray,
                         chosen, search, cost)
 
 
-def _auto(sim, n_act, sensitivity, finish, make, make_w8a16, xe, ref, cfg, device, step, labels):
+def _auto(sim, n_act, sensitivity, finish, make, make_w8a16, xe, ref, cfg, device, step, labels,
+          timer=None):
     """``--precision auto`` (:mod:`..search`): w8a8 (``sim``, built already) first, then the
     ladder of 16-bit sets and w8a16, each a simulation of its plan; the cheapest that keeps the
-    goal. Returns (sim, promoted, activation bits, bias-correction gain, SearchReport)."""
+    goal, or with a ``timer`` the fastest on the phone of those tried that keep it. Returns
+    (sim, promoted, activation bits, bias-correction gain, SearchReport)."""
     from ..cost import estimate, op_costs
-    from ..search import (CONFIDENCE, Candidate, SearchReport, choose, ladder, sqnr_interval,
-                          top1_drop_interval)
+    from ..search import (CONFIDENCE, Candidate, SearchReport, choose, choose_measured, ladder,
+                          sqnr_interval, top1_drop_interval)
 
     costs = op_costs(sim.model, xe[:1], activation_modules(sim))
     built: dict[str, tuple] = {}
@@ -254,8 +258,17 @@ def _auto(sim, n_act, sensitivity, finish, make, make_w8a16, xe, ref, cfg, devic
               f"{int(CONFIDENCE * 100)} % Agresti-Min interval")
     report = SearchReport(goal.describe(), judged, "estimate from the graph, w8a8 = 1", candidates)
     report.chosen = choose(candidates, evaluate, goal, step)
+    if timer is not None:
+        met = [c for c in candidates if c.meets]
+        step(f"auto: timing the {len(met)} candidate(s) that keep {goal.describe()} on the phone")
+        times = timer([(c, built[c.name][0]) for c in met])
+        for c in met:
+            c.latency_ms, c.measured = times[c.name]
+        report.chosen = choose_measured(candidates, report.chosen)
     chosen = candidates[report.chosen]
     s, bw, gain = built[chosen.name]
-    step(f"auto: {chosen.name} (estimated cost {chosen.cost:.2f}x w8a8) keeps {goal.describe()}")
+    how = (f"{chosen.latency_ms:.2f} ms measured" if chosen.latency_ms is not None
+           else f"estimated cost {chosen.cost:.2f}x w8a8")
+    step(f"auto: {chosen.name} ({how}) keeps {goal.describe()}")
     return s, chosen.promoted, bw, gain, report
 
