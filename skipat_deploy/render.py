@@ -306,6 +306,18 @@ def show_profile(run: Run, r) -> None:
         check = "-" if h.device_check is None else f"{h.device_check.sqnr_db:.1f} dB vs CPU"
         t.add_row(h.model.name, where, f"{h.estimated_inference_ms:.2f}", "-",
                   f"layers {units}; peak memory {mem}; first load {h.first_load_ms} ms; outputs {check}")
+    if r.phone is not None:
+        ph = r.phone
+        for m in ph.models.values():
+            where = f"{ph.where}, {ph.perf_profile}"
+            model = str(r.compiled.artifacts["context_binary"]) if r.compiled else m.binary
+            run.measure("phone_latency_median", m.median_ms, "ms", where, model)
+            run.measure("phone_latency_min", m.min_ms, "ms", where, model)
+            run.measure("first_load_time", m.first_load_ms, "ms", where, model)
+            t.add_row(Path(model).name, where, f"{m.median_ms:.2f}", "-",
+                      f"IQR {m.iqr_ms[0]:.2f}-{m.iqr_ms[1]:.2f} ms, min {m.min_ms:.2f} ms over "
+                      f"{ph.rounds} rounds of {ph.inferences}; first load {m.first_load_ms:.0f} ms; "
+                      f"QAIRT {ph.sdk['version']}")
     if not run.as_json:
         Console().print(t)
 
@@ -321,8 +333,11 @@ def show_compare(run: Run, r) -> None:
         run.artifacts.append(artifact(kind, path))
     for row in r.rows:
         subject = f"{row.arch}@{row.resolution}"
-        run.measure("latency_median" if r.backend == "cpu" else "estimated_inference_time",
-                    row.latency_ms, "ms", row.measured_on, subject)
+        name = {"cpu": "latency_median", "adb": "phone_latency_median"}.get(r.backend, "estimated_inference_time")
+        run.measure(name, row.latency_ms, "ms", row.measured_on, subject)
+        if row.min_ms is not None:  # adb
+            run.measure("phone_latency_min", row.min_ms, "ms", row.measured_on, subject)
+            run.measure("first_load_time", row.first_load_ms, "ms", row.measured_on, subject)
         if row.model == "skipat":
             run.measure("skipat_vit_ratio", row.ratio_vs_vit, "", row.measured_on, subject)
         if row.top1_float is not None:

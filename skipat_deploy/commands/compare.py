@@ -1,6 +1,7 @@
 """``compare``: ViT against SkipAt. Load both -> at every resolution the float export and the
-CPU INT8 model (cpu) or the NPU's QDQ model (hub) of each -> measure side by side -> the
-reports; with ``--eval`` also the float and INT8 top-1 of every row."""
+CPU INT8 model (cpu), the NPU's QDQ model (hub), or the QDQ model compiled here for the phone
+(adb) of each -> measure side by side -> the reports; with ``--eval`` also the float and INT8
+top-1 of every row."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..core.errors import ArchitectureError, UserError
+from ..core.options import check_declared
 from ..core.staging import staged
 from ..devices import cpu_host, resolve_device
 from ..export import check_resolution
 from ..measure import compare as cmp
+from ..measure import adb
 from ..measure import evaluate as ev
 from ..images.dataset import LabelledImages, load_dataset, stratified_subset
 from ..measure.stream import run_stream
 from ..measure.targets import int8_runner, onnx_runner, torch_runner
 from ..models.checkpoint import LoadConfig, LoadedCheckpoint, load
+from ..npu.compile import compile_local
 from ..npu.config import CompileConfig
 from ..quant import QuantizeConfig, quantize
 from ..quant.search import LatencyMeter
@@ -35,9 +39,14 @@ def run(vit: Path | None, skipat: Path | None, out_dir: str | Path, cfg: cmp.Com
     """ViT-T vs SkipAt at every resolution; without checkpoints, freshly initialised official
     architectures (latency does not depend on weight values)."""
     load_cfg.check()
+    check_declared(cfg)
     qcfg = replace(qcfg, device=cfg.device)
-    meter, notices = None, []
-    if cmp.resolve_backend(cfg.measure_on, []) == "hub":
+    meter, notices, target = None, [], None
+    backend = cmp.resolve_backend(cfg.measure_on, notices, cfg.serial, cfg.qairt_sdk)
+    if backend == "adb":  # the phone and the SDK, checked before anything is made or pushed
+        qcfg.check()
+        target = adb.connect(cfg.serial, cfg.qairt_sdk, resolve_device(cfg.device))
+    if backend == "hub":
         from ..npu.hub import preflight
 
         qcfg.check()
@@ -51,14 +60,15 @@ def run(vit: Path | None, skipat: Path | None, out_dir: str | Path, cfg: cmp.Com
         if ckpts[fam].arch.family != fam:
             raise ArchitectureError(f"--{fam} {path} holds a {ckpts[fam].arch.family} model, not {fam}")
     eval_data = load_dataset(cfg.eval_dir, cfg.eval_labels) if cfg.eval_dir is not None else None
-    result = compare(ckpts, out_dir, cfg, qcfg, step, eval_data, meter)
+    result = compare(ckpts, out_dir, cfg, qcfg, step, eval_data, meter, backend, target)
     result.notices[:0] = notices
     return noted(result, *ckpts.values())
 
 
 def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path, cfg: cmp.CompareConfig,
             qcfg: QuantizeConfig, step: Step, eval_data: LabelledImages | None = None,
-            latency: LatencyMeter | None = None) -> cmp.CompareResult:
+            latency: LatencyMeter | None = None, backend: str | None = None,
+            target: adb.AdbTarget | None = None) -> cmp.CompareResult:
     """ViT against SkipAt (``ckpts``: family -> checkpoint) at every resolution: make the
     models each backend needs (``qcfg``: how they are quantized), measure them
     (:mod:`skipat_deploy.measure.compare`), write the reports into ``out_dir``. With
@@ -78,13 +88,16 @@ def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path, cfg: cmp.Co
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     notices: list[str] = []
-    backend = cmp.resolve_backend(cfg.measure_on, notices)
+    backend = backend or cmp.resolve_backend(cfg.measure_on, notices, cfg.serial, cfg.qairt_sdk)
+    if backend == "adb" and target is None:
+        target = adb.connect(cfg.serial, cfg.qairt_sdk, device)
     for ck in ckpts.values():
         for r in cfg.resolutions:
             check_resolution(r, ck.arch.patch_size)
     archs = {fam: ck.spec.name for fam, ck in ckpts.items()}
     out_dir = Path(out_dir)
-    made: list[tuple[str, Path]] = []  # hub: the models and AI Hub artifacts kept in out_dir
+    made: list[tuple[str, Path]] = []  # hub, adb: the models (and AI Hub artifacts) kept in out_dir
+    phone = None
     with staged(out_dir) as stage:  # the reports (and hub models) move in together
         tmp = stage.scratch
         if backend == "cpu":
@@ -92,6 +105,20 @@ def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path, cfg: cmp.Co
                                                               replace(qcfg, resolution=res), step))
                       for res in cfg.resolutions for fam in cmp.FAMILIES}
             rows = cmp.cpu_rows(models, archs, cfg, device, step, notices)
+        elif backend == "adb":
+            qdq, binaries, inputs = {}, {}, {}
+            for res in cfg.resolutions:
+                for fam in cmp.FAMILIES:
+                    q = quantize(ckpts[fam], out_dir, replace(qcfg, resolution=res), step, latency=latency)
+                    notices.extend(n for n in q.notices if n not in notices)
+                    c = compile_local(q.qdq_onnx, out_dir, CompileConfig(device=cfg.device), step)
+                    notices.extend(n for n in c.notices if n not in notices)
+                    made += [*q.files().items(), *c.files().items()]
+                    qdq[(fam, res)], binaries[(fam, res)] = q.qdq_onnx, c.artifacts["context_binary"]
+                    inputs[(fam, res)] = adb.write_input(q.qdq_onnx, tmp / f"{fam}_{res}.raw")
+            rows, timing = cmp.adb_rows(binaries, inputs, archs, stage.path("compare.adb"), cfg,
+                                        qcfg.precision, target, device, step, notices)
+            phone = timing.to_json()
         else:
             qdq = {}
             for res in cfg.resolutions:
@@ -108,11 +135,13 @@ def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path, cfg: cmp.Co
             cmp.add_accuracy(rows, scores)
             notices.append("top-1: the float model and " + cmp.INT8_MODEL[backend]
                            + f", on {eval_data.root} ({eval_data.layout})")
-        result = cmp.CompareResult(backend, device.name, rows, {}, notices, made=made)
+        result = cmp.CompareResult(backend, device.name, rows, {}, notices, made=made, phone=phone)
         if backend == "cpu":
             result.host = cpu_host(cmp.timing_threads(cfg)).to_json()
         result.seconds = time.perf_counter() - t0
         result.files = cmp.write_reports(result, stage.dir, out_dir)
+        if phone is not None:  # the viewer's text of every timed run
+            result.files["phone_logs"] = out_dir / "compare.adb"
     return result
 
 

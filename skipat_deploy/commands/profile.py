@@ -1,5 +1,6 @@
 """``profile``: a model -> measure; from a checkpoint, load -> the float export and the CPU INT8
-model -> CPU timing, or load -> quantize -> AI Hub (compile + profiling job on the phone)."""
+model -> CPU timing, or load -> quantize -> AI Hub (compile + profiling job on the phone), or
+load -> quantize -> compile here (``compile --backend local``) -> time on the phone over adb."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from ..core.options import check_declared
 from ..core.staging import staged
 from ..export import ExportConfig, check_resolution, export_onnx
 from ..models.checkpoint import LoadConfig, LoadedCheckpoint, load
+from ..measure import adb
 from ..measure.compare import resolve_backend
 from ..measure.profile import ProfileConfig, ProfileOutcome, profile_cpu_models, profile_hub
-from ..npu.compile import check_model
+from ..npu.compile import check_model, compile_local
+from ..npu.config import CompileConfig
 from ..quant import QuantizeConfig, quantize
 from ..quant.cpu import CpuInt8Config, quantize_cpu
 from ..quant.search import LatencyMeter
@@ -35,11 +39,30 @@ def run(model: Path | None, load_cfg: LoadConfig, out_dir: str | Path, cfg: Prof
     checkpoint's float export beside its CPU INT8 model); ``auto``: hub when configured."""
     one_source(model, load_cfg.ckpt, "--model")
     model_preprocess(load_cfg, model)
+    check_declared(cfg)
     ccfg = cfg.compile_config()
     device = ccfg.check()
     qcfg = replace(qcfg, resolution=cfg.resolution, device=cfg.device)
     notices: list[str] = []
-    backend = resolve_backend(cfg.measure_on, notices)
+    backend = resolve_backend(cfg.measure_on, notices, cfg.serial, cfg.qairt_sdk)
+    if backend == "adb":
+        if model is not None:
+            check_model(model, "local")
+        else:
+            qcfg.check()
+        # the phone and the SDK, checked before anything is made or pushed
+        target = adb.connect(cfg.serial, cfg.qairt_sdk, device)
+        out, loaded = ProfileOutcome(backend, device.name, notices=notices), None
+        with staged(out_dir):
+            if model is None:
+                loaded = load(load_cfg)
+                check_resolution(cfg.resolution, loaded.arch.patch_size)
+                q = quantize(loaded, out_dir, qcfg, step)
+                out.made += q.files().items()
+                out.notices.extend(q.notices)
+                model = q.qdq_onnx
+            profile_on_phone(Path(model), Path(out_dir), cfg, target, step, out)
+        return out if loaded is None else noted(out, loaded)
     if backend == "hub":
         from ..npu.hub import preflight
 
@@ -60,6 +83,23 @@ def run(model: Path | None, load_cfg: LoadConfig, out_dir: str | Path, cfg: Prof
     out.compiled, out.hub = profile_hub(model, out_dir, ccfg, step)
     out.notices.extend(out.hub.notices)
     return out
+
+
+def profile_on_phone(qdq: Path, out_dir: Path, cfg: ProfileConfig, target: adb.AdbTarget,
+                     step: Step, out: ProfileOutcome) -> None:
+    """Compile ``qdq`` here for the phone (the NPU gate of ``compile --backend local``), then
+    time it there; the binary, its record and the viewer's logs go into ``out_dir``."""
+    with staged(out_dir) as stage:
+        c = compile_local(qdq, out_dir, CompileConfig(device=cfg.device), step)
+        out.compiled = c
+        out.notices.extend(c.notices)
+        raw = adb.write_input(qdq, stage.scratch / "input.raw")
+        stem = c.artifacts["context_binary"].name.removesuffix(".bin")
+        out.phone = adb.time_on_phone(target.phone, target.sdk, {"model": c.artifacts["context_binary"]},
+                                      {"model": raw}, stage.path(f"{stem}.adb"), target.built_with,
+                                      cfg.rounds, cfg.inferences, step)
+        out.notices.extend(out.phone.notices)
+        out.phone_logs = out_dir / f"{stem}.adb"
 
 
 def fp32_and_int8(ckpt: LoadedCheckpoint, out_dir: Path, qcfg: QuantizeConfig, step: Step,

@@ -6,8 +6,10 @@ numbers beside when the device is the S22 (Table 3: NPU, INT8). Written into ``o
 ``compare.md``, ``compare.json``, ``compare.csv`` and ``compare.png``.
 
 Backends: ``cpu`` (ONNX Runtime on this machine, FP32 and INT8, timed side by side,
-:func:`cpu_rows`) and ``hub`` (the phone's NPU through AI Hub, :func:`hub_rows`); ``auto`` is
-hub when AI Hub is configured, else cpu. Making the models is :mod:`skipat_deploy.commands.compare`'s.
+:func:`cpu_rows`), ``hub`` (the phone's NPU through AI Hub, :func:`hub_rows`) and ``adb`` (the
+user's phone over USB with their QAIRT SDK, the models alternated in rounds, :func:`adb_rows`);
+``auto`` is adb when one phone is attached and an SDK is set, else hub when AI Hub is
+configured, else cpu (:func:`resolve_backend`). Making the models is :mod:`skipat_deploy.commands.compare`'s.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from ..npu import hub as hub_mod
 from ..export import DEFAULT_RESOLUTIONS
 from ..npu.config import CompileConfig, hub_timeout_option
 from ..core.options import option
-from .latency import Ratio, measure_on_option, interleaved, ratio_interval, threads_option
+from . import adb
+from .latency import (Ratio, inferences_option, interleaved, measure_on_option, qairt_sdk_option,
+                      ratio_interval, rounds_option, serial_option, threads_option)
 from .profile import submit_device_profile
 
 FAMILIES = ("vit", "skipat")
@@ -32,7 +36,7 @@ DEFAULT_ARCHS = {"vit": "vit_tiny_patch16", "skipat": "skipat_tiny_patch16"}
 # The two INT8 models, named the same way in every output: what each backend measures as "INT8"
 # (cpu: quant.cpu's model for ONNX Runtime's integer kernels; hub: the QDQ model the NPU runs,
 # scored on the CPU for --eval).
-INT8_MODEL = {"cpu": "the CPU INT8 model", "hub": "the NPU's QDQ model"}
+INT8_MODEL = {"cpu": "the CPU INT8 model", "hub": "the NPU's QDQ model", "adb": "the NPU's QDQ model"}
 # The paper's Table 3: Galaxy S22 NPU, INT8, ms.
 PAPER_S22_MS = {("vit", 224): 5.65, ("vit", 384): 20.49, ("skipat", 224): 4.76, ("skipat", 384): 15.22}
 # The paper's Table 1: ImageNet-1k top-1 %, float, 224 px, for the T-size models.
@@ -55,6 +59,10 @@ class CompareConfig:
     eval_labels: Path | None = option(None, "Labels file for --eval (as `evaluate --labels`).", flag="--eval-labels")
     # --eval: a stratified subset of this many images
     eval_samples: int | None = option(None, "Stratified subset of --eval (default: all).", flag="--eval-samples")
+    serial: str | None = serial_option()
+    qairt_sdk: Path | None = qairt_sdk_option()
+    rounds: int = rounds_option()
+    inferences: int = inferences_option()
 
 
 @dataclass
@@ -82,6 +90,10 @@ class CompareRow:
     top1_int8_drop_ci: tuple[float, float] | None = None
     eval_images: int | None = None
     paper_top1: float | None = None  # %
+    # adb: quartiles of the round means, the fastest inference, the median context load time
+    iqr_ms: tuple[float, float] | None = None
+    min_ms: float | None = None
+    first_load_ms: float | None = None
 
 
 @dataclass
@@ -95,6 +107,7 @@ class CompareResult:
     # models made into the output folder (hub: QDQ models, AI Hub artifacts): (kind, path)
     made: list[tuple[str, Path]] = field(default_factory=list)
     host: dict | None = None  # cpu: the CPU that measured it (devices.CpuHost)
+    phone: dict | None = None  # adb: the phone, the SDK, the profile, every round (PhoneTiming)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -103,11 +116,19 @@ class CompareResult:
         return d
 
 
-def resolve_backend(backend: str, notices: list[str]) -> str:
-    if backend not in ("auto", "hub", "cpu"):
-        raise UserError(f"unknown --backend {backend!r}: use auto, hub or cpu")
+def resolve_backend(backend: str, notices: list[str], serial: str | None = None,
+                    qairt_sdk: str | Path | None = None) -> str:
+    """``backend``, or for ``auto`` the first that can run: adb (one phone ready, an SDK set),
+    hub (AI Hub configured), cpu; a notice says which when it is not the phone."""
+    if backend not in ("auto", "adb", "hub", "cpu"):
+        raise UserError(f"unknown --backend {backend!r}: use auto, adb, hub or cpu")
     if backend != "auto":
         return backend
+    phone = adb.usable(serial, qairt_sdk)
+    if phone is not None:
+        notices.append(f"--backend auto: timing on the phone {phone} over adb with the QAIRT SDK "
+                       f"at {adb.sdk_root(qairt_sdk)}")
+        return "adb"
     try:
         hub_mod.client_config()
         return "hub"
@@ -205,6 +226,37 @@ def hub_rows(models: dict[tuple[str, int], Path], archs: dict[str, str], out_dir
     return rows
 
 
+def adb_rows(binaries: dict[tuple[str, int], Path], inputs: dict[tuple[str, int], Path],
+             archs: dict[str, str], logs_dir: Path, cfg: CompareConfig, precision: str,
+             target: adb.AdbTarget, device: DeviceProfile, step: Callable[[str], None],
+             notices: list[str]) -> tuple[list[CompareRow], adb.PhoneTiming]:
+    """``binaries``: (family, resolution) -> context binary compiled for the phone, each fed
+    ``inputs`` (float32 raw). All are timed in the same alternated rounds; SkipAt/ViT at each
+    resolution is the median of the per-round ratios with its 95 % interval."""
+    names = {k: f"{k[0]}_{k[1]}" for k in binaries}
+    timing = adb.time_on_phone(target.phone, target.sdk, {names[k]: b for k, b in binaries.items()},
+                               {names[k]: inputs[k] for k in binaries}, logs_dir, target.built_with,
+                               cfg.rounds, cfg.inferences, step)
+    notices.extend(timing.notices)
+    where = (f"{timing.where} ({precision}, QAIRT {target.sdk.version}, {timing.perf_profile}; "
+             f"median of {cfg.rounds} rounds of {cfg.inferences} inferences)")
+    rows = []
+    for (fam, res), name in names.items():
+        m = timing.models[name]
+        own = (timing.ratio(names[("skipat", res)], names[("vit", res)]) if fam == "skipat"
+               else Ratio(1.0, 1.0, 1.0, cfg.rounds))
+        rows.append(CompareRow(
+            model=fam, arch=archs[fam], resolution=res, latency_ms=m.median_ms, p90_ms=None,
+            int8_latency_ms=None, ratio_vs_vit=own.value, speedup_vs_vit=1 / own.value,
+            paper_ms=PAPER_S22_MS.get((fam, res)) if device.name == "Galaxy S22" else None,
+            measured_on=where, ratio_ci=(own.low, own.high), ratio_pairs=own.pairs,
+            iqr_ms=m.iqr_ms, min_ms=m.min_ms, first_load_ms=m.first_load_ms))
+    notices.append(f"measured on {timing.where}: the median, quartiles and SkipAt/ViT interval are "
+                   f"over the {cfg.rounds} rounds' means (the profiling log gives each run's mean, "
+                   "min and max, not every inference); first load is the median context load time")
+    return rows, timing
+
+
 def add_accuracy(rows: list[CompareRow], scores: dict[tuple[str, int], tuple]) -> None:
     """``scores``: (family, resolution) -> (float TargetScore, INT8 TargetScore, the second
     scored against the first on the same images)."""
@@ -241,17 +293,20 @@ def write_reports(result: CompareResult, tmp: Path, out_dir: Path) -> dict[str, 
 
 
 def markdown(result: CompareResult) -> str:
-    cpu = result.backend == "cpu"
-    head = ["model", "resolution", "FP32 ms (median)" if cpu else "NPU latency ms (estimate)"]
+    cpu, phone = result.backend == "cpu", result.backend == "adb"
+    head = ["model", "resolution", "FP32 ms (median)" if cpu else "NPU ms (median)" if phone
+            else "NPU latency ms (estimate)"]
     if cpu:
         head += ["p90 ms", "CPU INT8 ms", "INT8/FP32"]
-    head += ["SkipAt/ViT (95 % CI)" if cpu else "SkipAt/ViT", "speed-up"]
+    if phone:
+        head += ["IQR ms", "min ms", "first load ms"]
+    head += ["SkipAt/ViT (95 % CI)" if cpu or phone else "SkipAt/ViT", "speed-up"]
     if cpu:
         head.append("SkipAt/ViT, CPU INT8 (95 % CI)")
     with_paper = any(r.paper_ms is not None for r in result.rows)
     if with_paper:
         head.append("paper, S22 NPU INT8 ms")
-    if not cpu:
+    if result.backend == "hub":
         head.append("phone vs local QDQ SQNR")
     with_eval = any(r.top1_float is not None for r in result.rows)
     if with_eval:
@@ -259,6 +314,7 @@ def markdown(result: CompareResult) -> str:
         if any(r.paper_top1 is not None for r in result.rows):
             head.append("paper top-1 % (ImageNet, float)")
     title = (f"# ViT-T vs SkipAt-T on {result.rows[0].measured_on.split(':')[0]}" if cpu
+             else f"# ViT-T vs SkipAt-T on the NPU of {result.phone['measured_on']}" if phone
              else f"# ViT-T vs SkipAt-T on the {result.device} NPU (AI Hub)")
     lines = [title, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -266,13 +322,15 @@ def markdown(result: CompareResult) -> str:
         cells = [r.arch, str(r.resolution), f"{r.latency_ms:.2f}"]
         if cpu:
             cells += [f"{r.p90_ms:.2f}", f"{r.int8_latency_ms:.2f}", f"{r.int8_vs_fp32:.2f}"]
+        if phone:
+            cells += [f"{r.iqr_ms[0]:.2f}-{r.iqr_ms[1]:.2f}", f"{r.min_ms:.2f}", f"{r.first_load_ms:.0f}"]
         cells += [_ratio(r.ratio_vs_vit, r.ratio_ci if r.model == "skipat" else None),
                   f"{r.speedup_vs_vit:.2f}x"]
         if cpu:
             cells.append(_ratio(r.int8_ratio_vs_vit, r.int8_ratio_ci if r.model == "skipat" else None))
         if with_paper:
             cells.append("-" if r.paper_ms is None else f"{r.paper_ms:.2f}")
-        if not cpu:
+        if result.backend == "hub":
             sq = r.device_vs_cpu_sqnr_db
             cells.append("-" if sq is None else f"{sq:.1f} dB")
         if with_eval:
@@ -283,6 +341,12 @@ def markdown(result: CompareResult) -> str:
                 cells.append("-" if r.paper_top1 is None else f"{r.paper_top1:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Measured on: {result.rows[0].measured_on}."]
+    if phone:
+        p, sdk = result.phone["phone"], result.phone["sdk"]
+        lines += [f"Phone: {p['model']}, {p['soc']}, Android {p['android']}, build {p['build']}; "
+                  f"QAIRT SDK {sdk['version']} (Hexagon {sdk['hexagon']}), binaries built by QNN "
+                  f"{result.phone['qnn_built_with']}; --perf_profile {result.phone['perf_profile']}, "
+                  f"--profiling_level {result.phone['profiling_level']}."]
     lines += [f"Note: {n}" for n in result.notices]
     return "\n".join(lines) + "\n"
 

@@ -25,7 +25,23 @@ from ..core.options import option
 
 def measure_on_option():
     """Where the latency commands (profile, compare) measure; its flag is --backend."""
-    return option("auto", "Where to measure: hub (the phone's NPU via AI Hub), cpu (ONNX Runtime here) or auto (hub when AI Hub is configured).", flag="--backend", choices=("auto", "hub", "cpu"))
+    return option("auto", "Where to measure: adb (the phone on this machine's USB, with your QAIRT SDK), hub (the phone's NPU via AI Hub), cpu (ONNX Runtime here) or auto (adb when one phone is attached and an SDK is set, else hub when AI Hub is configured, else cpu).", flag="--backend", choices=("auto", "adb", "hub", "cpu"))
+
+
+def serial_option():
+    return option(None, "adb: the phone's serial (`adb devices`), when several are attached.")
+
+
+def qairt_sdk_option():
+    return option(None, "adb: the QAIRT SDK's root folder (default: $QAIRT_SDK_ROOT, else $QNN_SDK_ROOT).", flag="--qairt-sdk")
+
+
+def rounds_option():
+    return option(10, "adb: timed rounds; in each, every model runs --inferences times, the models in turn.", minimum=1)
+
+
+def inferences_option():
+    return option(20, "adb: inferences per model in each round (the profiling log gives their mean, min and max).", minimum=1)
 
 
 def threads_option():

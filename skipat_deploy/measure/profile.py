@@ -3,6 +3,8 @@
 * ``hub``: compile for the device (:mod:`skipat_deploy.npu.hub`), then an inference job with
   profiling on a real phone: estimated inference time, first-load time, peak memory, layers per
   compute unit, the raw profile document, and the phone's outputs against the local model's.
+* ``adb``: the user's phone over USB with their QAIRT SDK (:mod:`.adb`): median, quartiles and
+  minimum per inference, first-load time.
 * ``cpu``: ONNX Runtime on this machine (:mod:`.latency`).
 
 Both take models that exist; making them from a checkpoint is :mod:`skipat_deploy.commands.profile`'s.
@@ -22,7 +24,8 @@ from ..export import DEFAULT_RESOLUTION
 from ..npu.config import CompileConfig, hub_timeout_option
 from ..core.options import option
 from ..core.staging import staged
-from .latency import CpuLatency, Ratio, measure_on_option, interleaved, ratio_interval, threads_option
+from .latency import (CpuLatency, Ratio, inferences_option, interleaved, measure_on_option,
+                      qairt_sdk_option, ratio_interval, rounds_option, serial_option, threads_option)
 
 @dataclass(frozen=True)
 class ProfileConfig:
@@ -34,6 +37,10 @@ class ProfileConfig:
     threads: int | None = threads_option()
     hub_timeout_s: float = hub_timeout_option()
     budget_s: float = option(60.0, "CPU: stop timing the FP32 / INT8 pair after this many seconds, settled within +-2 % or not (the report gives the interval reached).", flag="--time-budget")
+    serial: str | None = serial_option()
+    qairt_sdk: Path | None = qairt_sdk_option()
+    rounds: int = rounds_option()
+    inferences: int = inferences_option()
 
     def compile_config(self) -> CompileConfig:
         """What compiles the model on AI Hub (hub)."""
@@ -77,6 +84,8 @@ class ProfileOutcome:
     # cpu, two models: the second's latency over the first's (CPU INT8 / FP32), paired runs
     cpu_ratio: Ratio | None = None
     hub: object | None = None  # hub.HubProfile
+    phone: object | None = None  # adb: measure.adb.PhoneTiming
+    phone_logs: Path | None = None  # adb: the viewer's text of every timed run
     compiled: object | None = None  # npu.CompileResult (hub)
     notices: list[str] = field(default_factory=list)
     # models made from a checkpoint into the output folder first: (kind, path)
@@ -90,12 +99,15 @@ class ProfileOutcome:
             out += list(self.compiled.files().items())
         if self.hub is not None:
             out.append(("raw_profile", self.hub.raw_profile))
+        if self.phone_logs is not None:
+            out.append(("phone_logs", self.phone_logs))
         return out
 
     def to_json(self) -> dict:
         return dict(backend=self.backend, device=self.device, cpu=[asdict(c) for c in self.cpu],
                     cpu_ratio=None if self.cpu_ratio is None else self.cpu_ratio.to_json(),
                     hub=None if self.hub is None else self.hub.to_json(),
+                    phone=None if self.phone is None else self.phone.to_json(),
                     compiled=None if self.compiled is None else self.compiled.to_json(),
                     notices=self.notices, files=[dict(kind=k, path=str(p)) for k, p in self.files()])
 

@@ -1,0 +1,78 @@
+"""``qnn-profile-viewer --input_log``'s text: what one ``qnn-net-run`` run measured.
+
+The viewer prints sections ("Init Stats:", "Compose Graphs Stats:", "Finalize Stats:",
+"De-Init Stats:", "Execute Stats (Overall):", "Execute Stats (Average):", "(Min):", "(Max):"),
+each underlined with dashes, whose lines read ``NetRun:  2952 us`` (the runner's wall time) or
+``Backend (QNN accelerator (execute) time): 2600 us``. The text has no per-inference rows: one
+run gives the average, minimum and maximum of its inferences, so a timing is built from many
+short runs (:mod:`.session`).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...core.errors import UserError
+
+SECTIONS = {"init stats": "init", "execute stats (average)": "avg", "execute stats (min)": "min",
+            "execute stats (max)": "max"}
+_HEAD = re.compile(r"^\s*(?:-+\s*)?([A-Za-z][A-Za-z /()-]*?(?:Stats(?: \([A-Za-z]+\))?|Inference Time)):\s*$")
+_NETRUN = re.compile(r"^\s*NetRun:\s+([\d.]+)\s*us\s*$", re.I)
+_ACCEL = re.compile(r"accelerator \(execute\) time\):\s+([\d.]+)\s*us", re.I)
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """One ``qnn-net-run`` run, microseconds: context load, and its inferences' mean / min / max
+    (the runner's wall time per inference), and the accelerator's mean where the log has it."""
+
+    init_us: float
+    mean_us: float
+    min_us: float
+    max_us: float
+    accelerator_mean_us: float | None = None
+
+
+def parse(text: str) -> RunStats:
+    """The figures of one viewer text; one line naming what is missing when it is not one."""
+    found: dict[str, float] = {}
+    section = None
+    for line in text.splitlines():
+        m = _HEAD.match(line)
+        if m and m.group(1).lower() != "total inference time":
+            section = SECTIONS.get(m.group(1).strip().lower(), "other")
+            continue
+        if section in (None, "other"):
+            continue
+        m = _NETRUN.match(line)
+        if m and section not in found:
+            found[section] = float(m.group(1))
+        m = _ACCEL.search(line)
+        if m and section == "avg" and "accel" not in found:
+            found["accel"] = float(m.group(1))
+    missing = [s for s in ("init", "avg", "min", "max") if s not in found]
+    if missing:
+        names = {v: k for k, v in SECTIONS.items()}
+        raise UserError("qnn-profile-viewer printed no NetRun time under "
+                        + ", ".join(f'"{names[s].title()}"' for s in missing)
+                        + ": not a basic-level profile of a qnn-net-run run (is the viewer from "
+                        "the same SDK?)")
+    return RunStats(found["init"], found["avg"], found["min"], found["max"], found.get("accel"))
+
+
+def read_log(viewer: Path, log: Path, text_out: Path) -> RunStats:
+    """Decode the binary profiling ``log`` with the SDK's ``viewer``; its text is kept in
+    ``text_out``."""
+    try:
+        p = subprocess.run([str(viewer), "--input_log", str(log)], capture_output=True, text=True,
+                           timeout=120, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"{viewer.name} did not finish within 120 s on {log.name}") from None
+    text_out.write_text(p.stdout)
+    if p.returncode != 0:
+        last = next((ln.strip() for ln in reversed((p.stdout + p.stderr).splitlines()) if ln.strip()), "")
+        raise UserError(f"{viewer} could not read {log.name} (exit {p.returncode}): {last}")
+    return parse(p.stdout)
