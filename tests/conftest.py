@@ -21,6 +21,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker: n workers on n
 # The suite never reaches the developer's own AI Hub account (an `auto` that finds it configured
 # would upload): tests that want AI Hub use the loopback fake, which points the client at itself.
 os.environ["QAIHUB_CLIENT_INI"] = str(Path(__file__).parent / "no-such-dir" / "client.ini")
+# Nor the developer's own phone: `auto` takes a phone over adb where a QAIRT SDK is set.
+for _var in ("QAIRT_SDK_ROOT", "QNN_SDK_ROOT", "ADB"):
+    os.environ.pop(_var, None)
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_micro"

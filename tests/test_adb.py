@@ -64,7 +64,7 @@ def test_compare_over_adb_reports_the_median_and_the_ratio_interval_computed_by_
     assert rows["skipat"]["min_ms"] == pytest.approx(min(m - 100 - i for i, m in enumerate(SKIPAT) if i) / 1e3)
     assert rows["vit"]["first_load_ms"] == pytest.approx(250 + 5.5)  # median init of rounds 1-10
     # what it says it measured on, and with what
-    assert all("SM-S901B (SM8450) over adb" in r["measured_on"] for r in report["rows"])
+    assert all("SM-S901U (SM8450) over adb" in r["measured_on"] for r in report["rows"])
     assert report["phone"]["sdk"]["version"] == "2.51.0.251020"
     assert report["phone"]["perf_profile"] == "burst" and report["phone"]["qnn_built_with"]
     md = (tmp_path / "out" / "compare.md").read_text()
@@ -87,3 +87,202 @@ def test_compare_over_adb_reports_the_median_and_the_ratio_interval_computed_by_
     logs = sorted((tmp_path / "out" / "compare.adb").iterdir())
     assert len(logs) == 20 and "NetRun" in logs[0].read_text()
     assert sum(1 for a in doc["artifacts"] if a["kind"] == "context_binary") == 2
+
+
+def _lines(res) -> list[str]:
+    """The error lines (a notice may wrap over several lines; an error is one)."""
+    return [ln for ln in res.output.splitlines() if ln.startswith("error")]
+
+
+def _nothing_started(phone, out):
+    assert not phone.adb_calls("push") and not phone.net_runs()
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+PREFLIGHT = {
+    # scenario: (what to change, the error's words)
+    "adb missing": ("no-adb", "adb not found: install Android SDK platform-tools"),
+    "no phone": (dict(devices=[]), "no phone attached"),
+    "two phones": (dict(devices=[["A1", "device"], ["B2", "device"]]), "2 phones attached (A1, B2): choose one with --serial"),
+    "unauthorized": (dict(devices=[["A1", "unauthorized"]]), "unauthorized: unlock it and accept"),
+    "offline": (dict(devices=[["A1", "offline"]]), "is offline: reconnect"),
+    "serial not attached": ("--serial=ZZZ", "no phone with serial ZZZ is attached (adb sees: R5CT21ABCDE)"),
+    "another SoC": ({"ro.soc.model": "SM8550"}, "not --device Galaxy S22 (SM8450): give --device \"Galaxy S23\""),
+    "no SoC (Android 11)": ({"ro.soc.model": ""}, "ro.soc.model is empty"),
+    "an Exynos S22": ({"ro.soc.model": "s5e9925"}, "reports SoC s5e9925, which no target has: --backend adb needs a Snapdragon phone"),
+    "no SDK": ("no-sdk", "needs Qualcomm's QAIRT SDK: give --qairt-sdk"),
+    "no runner": ("bin/aarch64-android/qnn-net-run", "lacks the phone's runner (bin/aarch64-android/qnn-net-run)"),
+    "no v69 skel": ("v73", "lacks the Hexagon v69 stub"),
+    "no viewer": ("bin/x86_64-linux-clang/qnn-profile-viewer", "lacks the profile viewer"),
+    "SDK too old": ("2.40.0.250101", "is 2.40.0.250101, older than QNN"),
+}
+
+
+@pytest.mark.parametrize("scenario", list(PREFLIGHT))
+def test_a_preflight_failure_is_one_line_before_anything_is_made_or_pushed(tmp_path, s22, monkeypatch, scenario):
+    change, words = PREFLIGHT[scenario]
+    extra, sdk = [], s22.sdk
+    if change == "no-adb":
+        monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    elif change == "no-sdk":
+        sdk = None
+    elif isinstance(change, str) and change.startswith("--"):
+        extra = [change]
+    elif change == "v73":
+        sdk = fake_sdk(tmp_path / "sdk73", hexagon="v73")
+    elif isinstance(change, str) and change.startswith("2."):
+        sdk = fake_sdk(tmp_path / "old", version=change)
+    elif isinstance(change, str):
+        sdk = fake_sdk(tmp_path / "partial", leave_out=(change,))
+    elif "devices" in change:
+        s22.set(**change)
+    else:
+        for name, value in change.items():
+            (s22.props / name).write_text(value + "\n")
+    out = tmp_path / "out"
+    args = ["compare", "--backend", "adb", "--resolution", "112", "--out", str(out), *extra]
+    if sdk is not None:
+        args += ["--qairt-sdk", str(sdk)]
+    t0 = time.monotonic()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    (line,) = _lines(res)
+    assert res.output.rstrip().endswith(line), res.output
+    assert line.startswith("error: ") and words in line, line
+    assert time.monotonic() - t0 < 20  # before loading, quantizing or compiling anything
+    _nothing_started(s22, out)
+
+
+def _session(s22, tmp_path, **scenario):
+    """time_on_phone on the fake phone with two stand-in binaries (nothing compiled)."""
+    from skipat_deploy.devices import resolve_device
+    from skipat_deploy.measure import adb
+
+    s22.set(**scenario)
+    target = adb.AdbTarget(adb.find_phone(None, resolve_device("s22")),
+                           adb.find_sdk(s22.sdk, "v69", "2.51.0"), "2.51.0")
+    binaries, inputs = {}, {}
+    for name in ("vit_112", "skipat_112"):
+        binaries[name] = tmp_path / f"{name}.ctx_qnn.bin"
+        inputs[name] = tmp_path / f"{name}.raw"
+        binaries[name].write_bytes(b"ctx")
+        inputs[name].write_bytes(b"\0" * 12)
+    return lambda: adb.time_on_phone(target.phone, target.sdk, binaries, inputs, tmp_path / "logs",
+                                     target.built_with, rounds=2, inferences=2)
+
+
+SKEL = """QnnDsp <E> DspTransport.openSession qnn_open failed, 0xffffffff, prio 100
+QnnDsp <E> IDspTransport: Unknown rpc status 0x000003ff
+QnnDsp <E> Failed to load skel, error: 4000"""
+RUNTIME = {
+    # scenario: (fake phone's behaviour, the error's words)
+    "skel": (dict(fail={"text": SKEL, "rc": 1, "run": 1}), "the phone's DSP would not load the HTP skel (libQnnHtpV69Skel.so)"),
+    "context": (dict(fail={"text": '[ERROR] "Could not create context from binary for context index = 0 : err 5000"',
+                           "rc": 1, "run": 3}), "would not load the context binary vit_112.bin"),
+    "hidden exit": (dict(fail={"text": "something else went wrong", "rc": 3, "run": 2}),
+                    "qnn-net-run failed on the phone with exit 3 running skipat_112.bin: something else went wrong"),
+    "no exec": (dict(fail={"text": "/system/bin/sh: ./qnn-net-run: can't execute: Permission denied", "rc": 126, "run": 1}),
+                "would not execute qnn-net-run"),
+    "lost": (dict(lose_on="--retrieve_context"), "lost the phone R5CT21ABCDE while running a command: adb: device offline"),
+    "full": (dict(push_error="No space left on device"), "could not push qnn-net-run to the phone R5CT21ABCDE"),
+}
+
+
+@pytest.mark.parametrize("scenario", list(RUNTIME))
+def test_a_failure_on_the_phone_is_named_in_one_line_and_the_workspace_is_removed(tmp_path, s22, scenario):
+    from skipat_deploy.measure.adb import PhoneError
+
+    change, words = RUNTIME[scenario]
+    run = _session(s22, tmp_path, **change)
+    with pytest.raises(PhoneError) as e:
+        run()
+    assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert e.value.exit_code == 5
+    assert s22.workspaces() == []  # removed, the runner stopped first
+    assert any("rm -rf /data/local/tmp/skipat-deploy-" in " ".join(a) for a in s22.adb_calls("shell"))
+
+
+def test_a_failure_on_the_phone_leaves_out_as_it_was(tmp_path, s22):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "compare.md").write_text("the last run's report\n")
+    s22.set(fail={"text": '[ERROR] "Could not create context from binary for context index = 0 : err 5005"',
+                  "rc": 1, "run": 4})
+    res = _compare(s22, out)
+    assert res.exit_code == 5, res.output
+    (line,) = _lines(res)
+    assert "would not load the context binary" in line and "err 5005" in line
+    assert sorted(p.name for p in out.iterdir()) == ["compare.md"]
+    assert (out / "compare.md").read_text() == "the last run's report\n"
+    assert s22.workspaces() == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_on_the_phone_stops_the_runner_and_removes_the_workspace(tmp_path, s22, sig):
+    """The real clock and a real process: Ctrl-C / SIGTERM while qnn-net-run runs on the (fake)
+    phone."""
+    s22.set(hang=3)  # the first timed run
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "from skipat_deploy.cli import main; main()", "compare",
+           "--backend", "adb", "--vit", str(s22.nano["vit_nano_patch16"]), "--skipat",
+           str(s22.nano["skipat_nano_patch16"]), "--resolution", "112", "--quant-backend", "ort",
+           "--qairt-sdk", str(s22.sdk), "--rounds", "2", "--inferences", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals, env=dict(os.environ))
+    hanging = s22.dir / "phone" / "hanging"
+    t0 = time.monotonic()
+    while not hanging.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < 240
+        time.sleep(0.05)
+    runner_pid = int(hanging.read_text())
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
+    word = "interrupted" if sig == signal.SIGINT else "terminated"
+    assert [ln for ln in err.splitlines() if ln.startswith("error")] == [
+        f"error: {word} by {sig.name}: {out} left as it was"], err
+    assert s22.workspaces() == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(runner_pid, 0)  # the runner on the phone was stopped, not left going
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+@pytest.fixture(scope="module")
+def qdq_s22(tmp_path_factory, nano_ckpts):
+    from skipat_deploy import api
+
+    return api.quantize(nano_ckpts["vit_nano_patch16"], tmp_path_factory.mktemp("qdq"), precision="w8a8",
+                        backend="ort", num_calib=4, num_eval=2, npu_samples=0, resolution=112).qdq_onnx
+
+
+def test_profile_over_adb_compiles_here_and_times_on_the_phone(tmp_path, phone, qdq_s22):  # noqa: F811
+    phone.set(default_runs=_runs(VIT))
+    res = runner.invoke(app, ["profile", "--backend", "adb", "--model", str(qdq_s22), "--qairt-sdk",
+                              str(phone.sdk), "--rounds", "10", "--inferences", "3",
+                              "--out", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    figures = {m["name"]: m for m in doc["measurements"]}
+    assert figures["phone_latency_median"]["value"] == pytest.approx(5.075)
+    assert figures["phone_latency_min"]["value"] == pytest.approx(4.793)  # round 7: 4900 - 100 - 7 us
+    assert "SM-S901U (SM8450) over adb" in figures["phone_latency_median"]["source"]
+    kinds = {a["kind"] for a in doc["artifacts"]}
+    assert {"context_binary", "compile_record", "phone_logs"} <= kinds
+    assert phone.workspaces() == []
+
+
+def test_auto_takes_the_phone_only_when_one_is_attached_and_an_sdk_is_set(phone, monkeypatch):  # noqa: F811
+    from skipat_deploy.measure.compare import resolve_backend
+
+    notices = []
+    assert resolve_backend("auto", notices) == "cpu"  # no SDK set: AI Hub, else the CPU
+    monkeypatch.setenv("QAIRT_SDK_ROOT", str(phone.sdk))
+    notices = []
+    assert resolve_backend("auto", notices) == "adb"
+    assert notices == [f"--backend auto: timing on the phone R5CT21ABCDE over adb with the QAIRT SDK at {phone.sdk}"]
+    phone.set(devices=[["A1", "device"], ["B2", "device"]])
+    assert resolve_backend("auto", []) == "cpu"
+    assert resolve_backend("auto", [], serial="B2") == "adb"
+    phone.set(devices=[["A1", "unauthorized"]])
+    assert resolve_backend("auto", []) == "cpu"

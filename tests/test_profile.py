@@ -39,7 +39,7 @@ def test_cpu_profile_errors(tmp_path, nano_ckpts, no_hub):
         api.profile(tmp_path / "nope.onnx", tmp_path, backend="cpu")
     with pytest.raises(UserError, match="unknown device"):
         api.profile(ckpt=nano_ckpts["vit_nano_patch16"], out_dir=tmp_path, device="Pixel 1")
-    with pytest.raises(UserError, match="unknown --backend"):
+    with pytest.raises(UserError, match="--backend .gpu.: choose one of auto, adb, hub, cpu"):
         api.profile(ckpt=nano_ckpts["vit_nano_patch16"], out_dir=tmp_path, backend="gpu")
     with pytest.raises(UserError, match="multiple of the patch size"):
         api.profile(ckpt=nano_ckpts["vit_nano_patch16"], out_dir=tmp_path, backend="cpu",

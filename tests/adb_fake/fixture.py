@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-S22 = {"ro.soc.model": "SM8450", "ro.product.model": "SM-S901B", "ro.build.version.release": "14",
-       "ro.build.fingerprint": "samsung/r0qxxx/r0q:14/UP1A.231005.007/S901BXXS9EXK1:user/release-keys"}
+S22 = {"ro.soc.model": "SM8450", "ro.product.model": "SM-S901U", "ro.build.version.release": "14",
+       "ro.build.fingerprint": "samsung/r0quew/r0q:14/UP1A.231005.007/S901USQS9EXK1:user/release-keys"}
 # per run of each binary: [init_us, mean_us, min_us, max_us]; entry 0 is the warm-up
 STEADY = [[300000, 5000, 4900, 5200]]
 

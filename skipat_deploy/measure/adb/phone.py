@@ -141,7 +141,8 @@ def find_phone(serial: str | None, device: DeviceProfile | None) -> Phone:
     if not found:
         known = ", ".join(f"{p.name} ({p.soc})" for p in load_profiles())
         raise UserError(f"the phone {phone.serial} reports SoC {soc or 'none (ro.soc.model is empty: Android 12 or newer needed)'}, "
-                        f"which no target has (known: {known})")
+                        f"which no target has: --backend adb needs a Snapdragon phone with a Hexagon "
+                        f"NPU (known: {known})")
     phone.device = found[0]
     if device is not None and device.soc.lower() != soc.lower():
         raise UserError(f"the phone {phone.serial} is a {phone.model} with {soc} "
