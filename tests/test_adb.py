@@ -20,6 +20,7 @@ from skipat_deploy.cli import app
 
 from .adb_fake.fixture import fake_sdk, phone  # noqa: F401  (the fixture)
 from .conftest import default_signals
+from .test_json_artifacts import listed
 
 runner = CliRunner()
 # the per-round means (us) the fake phone gives each binary; entry 0 is the warm-up
@@ -87,6 +88,9 @@ def test_compare_over_adb_reports_the_median_and_the_ratio_interval_computed_by_
     logs = sorted((tmp_path / "out" / "compare.adb").iterdir())
     assert len(logs) == 20 and "NetRun" in logs[0].read_text()
     assert sum(1 for a in doc["artifacts"] if a["kind"] == "context_binary") == 2
+    # --json lists every file that appeared in --out, and only those
+    out = (tmp_path / "out").resolve()
+    assert {f.resolve() for f in out.rglob("*") if f.is_file()} == listed(doc)
 
 
 def _lines(res) -> list[str]:
@@ -269,6 +273,8 @@ def test_profile_over_adb_compiles_here_and_times_on_the_phone(tmp_path, phone, 
     assert "SM-S901U (SM8450) over adb" in figures["phone_latency_median"]["source"]
     kinds = {a["kind"] for a in doc["artifacts"]}
     assert {"context_binary", "compile_record", "phone_logs"} <= kinds
+    out = (tmp_path / "out").resolve()
+    assert {f.resolve() for f in out.rglob("*") if f.is_file()} == listed(doc)
     assert phone.workspaces() == []
 
 
