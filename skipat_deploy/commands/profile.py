@@ -36,7 +36,9 @@ def run(model: Path | None, load_cfg: LoadConfig, out_dir: str | Path, cfg: Prof
         qcfg: QuantizeConfig, step: Step) -> ProfileOutcome:
     """``hub``: compile + a profiling inference job on the phone (the QDQ ``model``, or the
     checkpoint quantized with ``qcfg`` first); ``cpu``: ONNX Runtime here (``model``, or the
-    checkpoint's float export beside its CPU INT8 model); ``auto``: hub when configured."""
+    checkpoint's float export beside its CPU INT8 model); ``adb``: compiled here for the phone
+    (the QDQ ``model``, or the checkpoint quantized first) and timed on it; ``auto``: adb when
+    one phone is attached and an SDK is set, else hub when configured, else cpu."""
     one_source(model, load_cfg.ckpt, "--model")
     model_preprocess(load_cfg, model)
     check_declared(cfg)
