@@ -292,3 +292,24 @@ def test_auto_takes_the_phone_only_when_one_is_attached_and_an_sdk_is_set(phone,
     assert resolve_backend("auto", [], serial="B2") == "adb"
     phone.set(devices=[["A1", "unauthorized"]])
     assert resolve_backend("auto", []) == "cpu"
+
+
+def test_a_run_that_hangs_on_the_phone_ends_at_a_bound_set_by_its_warm_up(tmp_path, s22, monkeypatch):
+    """The real clock and real processes: the first timed run never finishes on the phone; it
+    is given up after RUN_TIMEOUT_FACTOR times its warm-up (the floor lowered from 60 s so the
+    test takes seconds), the runner is killed and the workspace removed."""
+    from skipat_deploy.measure.adb import PhoneError, session
+
+    monkeypatch.setattr(session, "RUN_TIMEOUT_FLOOR_S", 1.0)
+    monkeypatch.setattr(session, "RUN_TIMEOUT_FACTOR", 4.0)
+    run = _session(s22, tmp_path, hang=3)  # runs 1-2: the warm-ups; 3: vit_112's first timed run
+    t0 = time.monotonic()
+    with pytest.raises(PhoneError) as e:
+        run()
+    took = time.monotonic() - t0
+    assert "qnn-net-run did not finish vit_112.bin on the phone within" in str(e.value)
+    assert "4x its warm-up run's" in str(e.value)
+    assert took < 30  # the fake would sleep 600 s
+    assert s22.workspaces() == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((s22.dir / "phone" / "hanging").read_text()), 0)

@@ -19,7 +19,7 @@ from ...core.errors import UserError
 from ...devices import DeviceProfile, load_profiles
 
 RC_MARK = "__RC="
-SHELL_TIMEOUT_S = 600.0  # one qnn-net-run round; a hung phone ends here, not never
+SHELL_TIMEOUT_S = 120.0  # a shell command that is not a model run (getprop, mkdir, ls, rm)
 USB_HINT = "connect it by USB with USB debugging on (Settings > Developer options)"
 
 
@@ -28,6 +28,10 @@ class PhoneError(UserError):
     device): named from its error text, in one line."""
 
     exit_code = 5
+
+
+class PhoneTimeout(PhoneError):
+    """An adb command got no answer in its time: the caller names what hung."""
 
 
 @dataclass
@@ -50,8 +54,8 @@ class Phone:
             return subprocess.run([self.adb, "-s", self.serial, *args], capture_output=True,
                                   text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
-            raise PhoneError(f"the phone {self.serial} did not answer `adb {args[0]}` within "
-                             f"{timeout:.0f} s: check the cable, then `adb kill-server`") from None
+            raise PhoneTimeout(f"the phone {self.serial} did not answer `adb {args[0]}` within "
+                               f"{timeout:.0f} s: check the cable, then `adb kill-server`") from None
 
     def shell(self, command: str, timeout: float = SHELL_TIMEOUT_S) -> tuple[int, str]:
         """(exit status, output) of ``command`` on the phone, whatever adb's own status says."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import secrets
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,11 +27,18 @@ from pathlib import Path
 import numpy as np
 
 from ..latency import Ratio, ratio_interval
-from .phone import Phone, PhoneError
+from .phone import Phone, PhoneError, PhoneTimeout
 from .sdk import QairtSdk
 from .viewer import RunStats, read_log
 
 WORKSPACE_ROOT = "/data/local/tmp"
+# A run that does not finish is a hung DSP or a phone gone quiet, not a slow model: the first run
+# of a model (context load and inferences) may take up to WARMUP_TIMEOUT_S; a timed run, which
+# does the same work again, RUN_TIMEOUT_FACTOR times what its warm-up took, at least
+# RUN_TIMEOUT_FLOOR_S (thermal throttling slows a phone by a few times, not by twenty).
+WARMUP_TIMEOUT_S = 600.0
+RUN_TIMEOUT_FACTOR = 20.0
+RUN_TIMEOUT_FLOOR_S = 60.0
 PERF_PROFILE = "burst"
 PROFILING_LEVEL = "basic"
 
@@ -160,15 +168,20 @@ def time_on_phone(phone: Phone, sdk: QairtSdk, binaries: dict[str, Path], inputs
                 raise PhoneError(f"could not make {ws}/qnn-net-run executable: {_last(out)}")
             names = list(binaries)
             step(f"warming up: each model once, {inferences} inferences ({PERF_PROFILE})")
+            limit = {}  # per model: how long a timed run may take
             for name in names:
-                _run(phone, sdk, ws, name, "warmup", inferences, Path(tmp), None, facts)
+                took = _run(phone, sdk, ws, name, "warmup", inferences, Path(tmp), None, facts,
+                            WARMUP_TIMEOUT_S, "the bound for a first run, context load included")[1]
+                limit[name] = (max(RUN_TIMEOUT_FLOOR_S, RUN_TIMEOUT_FACTOR * took),
+                               f"{RUN_TIMEOUT_FACTOR:.0f}x its warm-up run's {took:.1f} s")
             for r in range(rounds):
                 order = names if r % 2 == 0 else names[::-1]
                 step(f"round {r + 1}/{rounds} on {phone.model}: {', '.join(order)}")
                 for name in order:
                     text = logs_dir / f"{name}.round{r + 1}.txt"
                     timing.models[name].rounds.append(
-                        _run(phone, sdk, ws, name, f"r{r + 1}", inferences, Path(tmp), text, facts))
+                        _run(phone, sdk, ws, name, f"r{r + 1}", inferences, Path(tmp), text, facts,
+                             *limit[name])[0])
         finally:
             if created:
                 try:  # the runner may still be going (Ctrl-C): stop it, then remove everything
@@ -180,15 +193,24 @@ def time_on_phone(phone: Phone, sdk: QairtSdk, binaries: dict[str, Path], inputs
 
 
 def _run(phone: Phone, sdk: QairtSdk, ws: str, name: str, tag: str, inferences: int, tmp: Path,
-         text: Path | None, facts: dict) -> RunStats | None:
-    """One qnn-net-run of ``name``; its figures (None for a warm-up, ``text`` None)."""
+         text: Path | None, facts: dict, timeout: float, bound: str) -> tuple[RunStats | None, float]:
+    """One qnn-net-run of ``name``: its figures (None for a warm-up, ``text`` None) and how long
+    the run took here, wall clock; one that takes more than ``timeout`` seconds (``bound``
+    says why that many) is a failure."""
     out_dir = f"out-{name}-{tag}"
     runner = (f"./qnn-net-run --backend libQnnHtp.so --retrieve_context {name}.bin "
               f"--input_list {name}.list --output_dir {out_dir} --profiling_level {PROFILING_LEVEL} "
               f"--perf_profile {PERF_PROFILE} --num_inferences {inferences}")
     command = (f"cd {ws} && export LD_LIBRARY_PATH={ws} && export ADSP_LIBRARY_PATH={ws} && "
                f"sh -c 'echo $$ > pid && exec {runner}' 2>&1")
-    rc, out = phone.shell(command)
+    t0 = time.monotonic()
+    try:
+        rc, out = phone.shell(command, timeout=timeout)
+    except PhoneTimeout:
+        raise PhoneError(f"qnn-net-run did not finish {name}.bin on the phone within {timeout:.0f} s "
+                         f"({bound}): the DSP hung or the phone stopped answering; unplug and "
+                         "replug it (or reboot it) and run again") from None
+    took = time.monotonic() - t0
     facts = dict(facts, binary=f"{name}.bin")
     for pattern, message in PHONE_ERRORS:
         m = re.search(pattern, out)
@@ -206,8 +228,8 @@ def _run(phone: Phone, sdk: QairtSdk, ws: str, name: str, tag: str, inferences: 
     phone.pull(f"{ws}/{out_dir}/{logs[0]}", local)
     phone.shell(f"rm -rf {ws}/{out_dir}", timeout=30.0)
     if text is None:
-        return None
-    return read_log(sdk.viewer, local, text)
+        return None, took
+    return read_log(sdk.viewer, local, text), took
 
 
 def _last(out: str) -> str:
