@@ -314,10 +314,14 @@ def show_profile(run: Run, r) -> None:
             run.measure("phone_latency_median", m.median_ms, "ms", where, model)
             run.measure("phone_latency_min", m.min_ms, "ms", where, model)
             run.measure("first_load_time", m.first_load_ms, "ms", where, model)
+            shares = "" if m.cycles is None else "; cycles " + ", ".join(
+                f"{part} {100 * v:.0f} %" for part, v in m.cycles.shares.items())
+            for part, v in ({} if m.cycles is None else m.cycles.shares).items():
+                run.measure(f"cycle_share_{part}", v, "", f"{where}, detailed profiling run", model)
             t.add_row(Path(model).name, where, f"{m.median_ms:.2f}", "-",
                       f"IQR {m.iqr_ms[0]:.2f}-{m.iqr_ms[1]:.2f} ms, min {m.min_ms:.2f} ms over "
                       f"{ph.rounds} rounds of {ph.inferences}; first load {m.first_load_ms:.0f} ms; "
-                      f"QAIRT {ph.sdk['version']}")
+                      f"QAIRT {ph.sdk['version']}{shares}")
     if not run.as_json:
         Console().print(t)
 
@@ -338,6 +342,8 @@ def show_compare(run: Run, r) -> None:
         if row.min_ms is not None:  # adb
             run.measure("phone_latency_min", row.min_ms, "ms", row.measured_on, subject)
             run.measure("first_load_time", row.first_load_ms, "ms", row.measured_on, subject)
+        for part, v in (row.cycle_shares or {}).items():
+            run.measure(f"cycle_share_{part}", v, "", f"{row.measured_on}, detailed profiling run", subject)
         if row.model == "skipat":
             run.measure("skipat_vit_ratio", row.ratio_vs_vit, "", row.measured_on, subject)
         if row.top1_float is not None:

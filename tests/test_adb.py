@@ -40,10 +40,18 @@ def _compare(phone, out, *extra):
         "--inferences", "3", "--out", str(out), *extra])
 
 
+# One execution's per-op events of the nano models at 112 px, written by the real QNN 2.51 HTP
+# libraries (onnxruntime-qnn's x86-64 simulator, profiling_level detailed): the real node
+# names and event identifiers; the simulator's cycles stand in for a phone's (shares only).
+OPS = {name: Path(__file__).parent / "data" / "adb" / f"{name.replace('_', '_nano_')}.htp_sim_ops.csv"
+       for name in ("vit_112", "skipat_112")}
+
+
 @pytest.fixture
 def s22(phone, nano_ckpts):  # noqa: F811
     phone.nano = nano_ckpts
-    phone.set(runs={"vit_112": _runs(VIT), "skipat_112": _runs(SKIPAT)})
+    phone.set(runs={"vit_112": _runs(VIT), "skipat_112": _runs(SKIPAT)},
+              ops={k: str(v) for k, v in OPS.items()})
     return phone
 
 
@@ -75,7 +83,19 @@ def test_compare_over_adb_reports_the_median_and_the_ratio_interval_computed_by_
     # the models alternated, forward then backward, after one warm-up each
     order = [Path(a[a.index("--retrieve_context") + 1]).stem for a in s22.net_runs()]
     assert order[:4] == ["vit_112", "skipat_112", "vit_112", "skipat_112"]
-    assert order[4:6] == ["skipat_112", "vit_112"] and len(order) == 22
+    assert order[4:6] == ["skipat_112", "vit_112"] and len(order) == 24
+    levels = [a[a.index("--profiling_level") + 1] for a in s22.net_runs()]
+    assert levels == ["basic"] * 22 + ["detailed"] * 2  # the detailed runs kept out of the timing
+    # the cycles by part: Φ's ops are SkipAt's /param_* and /phi_* nodes, and only those
+    for fam, key in (("vit", "vit_112"), ("skipat", "skipat_112")):
+        events = [ln.rsplit(",", 1) for ln in OPS[key].read_text().splitlines()[2:]]
+        cycles = {name: int(n) for name, n in events}
+        phi = sum(n for name, n in cycles.items() if "/param_" in name or "/phi_" in name)
+        shares = rows[fam]["cycle_shares"]
+        assert shares["phi"] == pytest.approx(phi / sum(cycles.values()))
+        assert sum(shares.values()) == pytest.approx(1.0)
+        assert (shares["phi"] > 0) == (fam == "skipat") and shares["attention"] > 0.05
+    assert "Where the NPU's cycles go" in md
     run = s22.net_runs()[0]
     assert run[run.index("--perf_profile") + 1] == "burst" and run[run.index("--num_inferences") + 1] == "3"
     # what was pushed, from where; and the phone left as it was found
@@ -86,7 +106,7 @@ def test_compare_over_adb_reports_the_median_and_the_ratio_interval_computed_by_
     assert all(a[2].startswith("/data/local/tmp/skipat-deploy-") for a in s22.adb_calls("push"))
     assert s22.workspaces() == []
     logs = sorted((tmp_path / "out" / "compare.adb").iterdir())
-    assert len(logs) == 20 and "NetRun" in logs[0].read_text()
+    assert len(logs) == 22 and "NetRun" in logs[0].read_text()
     assert sum(1 for a in doc["artifacts"] if a["kind"] == "context_binary") == 2
     # --json lists every file that appeared in --out, and only those
     out = (tmp_path / "out").resolve()
@@ -313,3 +333,18 @@ def test_a_run_that_hangs_on_the_phone_ends_at_a_bound_set_by_its_warm_up(tmp_pa
     assert s22.workspaces() == []
     with pytest.raises(ProcessLookupError):
         os.kill(int((s22.dir / "phone" / "hanging").read_text()), 0)
+
+
+def test_each_op_is_given_the_part_of_the_network_it_ran_in():
+    from skipat_deploy.measure.adb.ops import part_of_each
+
+    names = ["Input OpId_2", "/patch_embed/proj/Conv_token_49", "/norm1/LayerNormalization",
+             "MatMul_0", "/attn/softmax/Softmax", "Gemm_3", "/attn_residual/Add",
+             "/norm2/LayerNormalization", "Gemm_6", "/mlp/act/Gelu", "/mlp_residual/Add",
+             "/param_1/linear1/linear1.0/Conv_token_55", "/phi_out.5/Conv_token_199", "/Reshape_6",
+             "/phi_concats.5/Concat", "/attn_residual_2/Add", "/norm2_2/LayerNormalization",
+             "Gemm_24", "/mlp_residual_2/Add", "/norm/LayerNormalization", "/head/Gemm"]
+    assert part_of_each(names) == [
+        "other", "other", "attention", "attention", "attention", "attention", "attention",
+        "mlp", "mlp", "mlp", "mlp", "phi", "phi", "other", "phi", "other", "mlp", "mlp", "mlp",
+        "other", "other"]

@@ -94,6 +94,8 @@ class CompareRow:
     iqr_ms: tuple[float, float] | None = None
     min_ms: float | None = None
     first_load_ms: float | None = None
+    # adb: the detailed run's share of the per-op cycles by part (attention, phi, mlp, other)
+    cycle_shares: dict[str, float] | None = None
 
 
 @dataclass
@@ -250,7 +252,8 @@ def adb_rows(binaries: dict[tuple[str, int], Path], inputs: dict[tuple[str, int]
             int8_latency_ms=None, ratio_vs_vit=own.value, speedup_vs_vit=1 / own.value,
             paper_ms=PAPER_S22_MS.get((fam, res)) if device.name == "Galaxy S22" else None,
             measured_on=where, ratio_ci=(own.low, own.high), ratio_pairs=own.pairs,
-            iqr_ms=m.iqr_ms, min_ms=m.min_ms, first_load_ms=m.first_load_ms))
+            iqr_ms=m.iqr_ms, min_ms=m.min_ms, first_load_ms=m.first_load_ms,
+            cycle_shares=None if m.cycles is None else m.cycles.shares))
     notices.append(f"measured on {timing.where}: the median, quartiles and SkipAt/ViT interval are "
                    f"over the {cfg.rounds} rounds' means (the profiling log gives each run's mean, "
                    "min and max, not every inference); first load is the median context load time")
@@ -341,12 +344,22 @@ def markdown(result: CompareResult) -> str:
                 cells.append("-" if r.paper_top1 is None else f"{r.paper_top1:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Measured on: {result.rows[0].measured_on}."]
+    if phone and any(r.cycle_shares for r in result.rows):
+        lines += ["", "Where the NPU's cycles go (one detailed profiling run per model: shares of "
+                  "its per-op cycles, not milliseconds):", "",
+                  "| model | resolution | attention | Φ | MLP | other |", "|---|---|---|---|---|---|"]
+        for r in result.rows:
+            if r.cycle_shares:
+                lines.append(f"| {r.arch} | {r.resolution} | " + " | ".join(
+                    f"{100 * r.cycle_shares[k]:.1f} %" for k in ("attention", "phi", "mlp", "other")) + " |")
+        lines.append("")
     if phone:
         p, sdk = result.phone["phone"], result.phone["sdk"]
         lines += [f"Phone: {p['model']}, {p['soc']}, Android {p['android']}, build {p['build']}; "
                   f"QAIRT SDK {sdk['version']} (Hexagon {sdk['hexagon']}), binaries built by QNN "
                   f"{result.phone['qnn_built_with']}; --perf_profile {result.phone['perf_profile']}, "
-                  f"--profiling_level {result.phone['profiling_level']}."]
+                  f"--profiling_level {result.phone['profiling_level']} (the timed runs; detailed "
+                  "for the cycles)."]
     lines += [f"Note: {n}" for n in result.notices]
     return "\n".join(lines) + "\n"
 

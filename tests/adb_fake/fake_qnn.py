@@ -3,7 +3,8 @@
 
 The runner reads ``FAKE_ADB_SCENARIO``'s ``runs``: for binary ``<name>.bin``, its k-th run (k = 0
 is the warm-up) takes ``runs[name][k]`` = [init_us, mean_us, min_us, max_us] (the last entry
-again past the end) and writes them as its "profiling log". ``fail`` = {"text", "rc", "run"}
+again past the end) and writes them as its "profiling log"; with ``--profiling_level detailed``
+the log also names ``ops[name]``, a CSV of (event identifier, cycles) of one execution. ``fail`` = {"text", "rc", "run"}
 makes the run numbered ``run`` (counting every binary's runs) print ``text`` and exit ``rc``;
 ``hang`` = that run sleeps (a real process, for Ctrl-C). The viewer prints the log in
 ``qnn-profile-viewer``'s text format (sections underlined with dashes, ``NetRun:  N us``).
@@ -46,7 +47,8 @@ def net_run(args: list[str]) -> int:
     out = Path(opts["--output_dir"])
     (out / "Result_0").mkdir(parents=True)
     (out / "Result_0" / "output.raw").write_bytes(b"\0" * 16)
-    (out / "qnn-profiling-data_0.log").write_bytes(MAGIC + json.dumps([init, mean, lo, hi]).encode())
+    ops = sc.get("ops", {}).get(name) if opts.get("--profiling_level") == "detailed" else None
+    (out / "qnn-profiling-data_0.log").write_bytes(MAGIC + json.dumps([init, mean, lo, hi, ops]).encode())
     return 0
 
 
@@ -56,14 +58,24 @@ def viewer(args: list[str]) -> int:
     if not data.startswith(MAGIC):
         print("ERROR: failed to read profiling log", file=sys.stderr)
         return 1
-    init, mean, lo, hi = json.loads(data[len(MAGIC):])
+    init, mean, lo, hi, ops = json.loads(data[len(MAGIC):])
     dash = "-" * 24
+    cycles = ""
+    if ops:  # the detailed level: per-op lines after the total cycles (the Average section)
+        import csv
+
+        rows = list(csv.reader(open(ops)))[1:]
+        cycles = f"    Backend ({rows[0][0]}): {rows[0][1]} cycles\n" + "".join(
+            f"    {ident}: {n} cycles\n" for ident, n in rows[1:])
 
     def execute(kind, us):
         return (f"Execute Stats ({kind}):\n{dash}\nTotal Inference Time:\n{dash}\n"
                 f"Graph 0 (model):\n    NetRun:  {us} us\n"
                 f"    Backend (Number of HVX threads used): 4 count\n"
-                f"    Backend (QNN accelerator (execute) time): {int(us * 0.9)} us\n\n")
+                f"    Backend (QNN accelerator (execute) time): {int(us * 0.9)} us\n"
+                + (cycles if kind == "Average" else "")
+                + f"    Backend (Accelerator (execute) time): {int(us * 0.85)} us\n"
+                f"    Backend (QNN (execute) time): {us - 3} us\n\n")
 
     print(f"Qnn Init/Prepare/Finalize/De-Init/Execute/Lib-Load Statistics:\n{'-' * 60}\n"
           f"Init Stats:\n{dash}\n    NetRun:  {init} us\n\n"

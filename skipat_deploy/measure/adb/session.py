@@ -11,7 +11,9 @@ alike and a ratio of two models is a ratio of back-to-back runs. The viewer give
 min and max per inference (:mod:`.viewer`), so a model's figures are the median and quartiles
 of its round means, the minimum over every inference, and the median context load ("Init")
 time: first load. A paired ratio (SkipAt / ViT) is the median of the per-round ratios with its
-95 % interval (:func:`skipat_deploy.measure.latency.ratio_interval`).
+95 % interval (:func:`skipat_deploy.measure.latency.ratio_interval`). Last, one run per model
+at ``--profiling_level detailed`` gives its cycles per op (:mod:`.ops`): shares of cycles, kept
+apart from the timing (detailed profiling slows a run down).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import numpy as np
 from ..latency import Ratio, ratio_interval
 from .phone import Phone, PhoneError, PhoneTimeout
 from .sdk import QairtSdk
-from .viewer import RunStats, read_log
+from .ops import CycleShares, cycle_shares
+from .viewer import RunStats, decode, parse, parse_ops
 
 WORKSPACE_ROOT = "/data/local/tmp"
 # A run that does not finish is a hung DSP or a phone gone quiet, not a slow model: the first run
@@ -71,6 +74,7 @@ class ModelTiming:
     binary: str
     inferences: int  # per round
     rounds: list[RunStats] = field(default_factory=list)
+    cycles: CycleShares | None = None  # the detailed run's cycles per part
 
     def means_ms(self) -> np.ndarray:
         return np.array([r.mean_us for r in self.rounds]) / 1e3
@@ -95,7 +99,8 @@ class ModelTiming:
     def to_json(self) -> dict:
         return dict(name=self.name, binary=self.binary, inferences_per_round=self.inferences,
                     median_ms=self.median_ms, iqr_ms=self.iqr_ms, min_ms=self.min_ms,
-                    first_load_ms=self.first_load_ms, rounds=[asdict(r) for r in self.rounds])
+                    first_load_ms=self.first_load_ms, rounds=[asdict(r) for r in self.rounds],
+                    cycles=None if self.cycles is None else self.cycles.to_json())
 
 
 @dataclass
@@ -179,9 +184,19 @@ def time_on_phone(phone: Phone, sdk: QairtSdk, binaries: dict[str, Path], inputs
                 step(f"round {r + 1}/{rounds} on {phone.model}: {', '.join(order)}")
                 for name in order:
                     text = logs_dir / f"{name}.round{r + 1}.txt"
-                    timing.models[name].rounds.append(
+                    timing.models[name].rounds.append(parse(
                         _run(phone, sdk, ws, name, f"r{r + 1}", inferences, Path(tmp), text, facts,
-                             *limit[name])[0])
+                             *limit[name])[0]))
+            step("one detailed profiling run per model: its cycles per op")
+            for name in names:
+                text = logs_dir / f"{name}.detailed.txt"
+                ops = parse_ops(_run(phone, sdk, ws, name, "detailed", inferences, Path(tmp), text,
+                                     facts, *limit[name], level="detailed")[0])
+                if ops is None:
+                    timing.notices.append(f"{name}: the detailed profiling run printed no per-op "
+                                          f"cycles ({text.name}): no breakdown by part")
+                else:
+                    timing.models[name].cycles = cycle_shares(ops)
         finally:
             if created:
                 try:  # the runner may still be going (Ctrl-C): stop it, then remove everything
@@ -193,13 +208,14 @@ def time_on_phone(phone: Phone, sdk: QairtSdk, binaries: dict[str, Path], inputs
 
 
 def _run(phone: Phone, sdk: QairtSdk, ws: str, name: str, tag: str, inferences: int, tmp: Path,
-         text: Path | None, facts: dict, timeout: float, bound: str) -> tuple[RunStats | None, float]:
-    """One qnn-net-run of ``name``: its figures (None for a warm-up, ``text`` None) and how long
-    the run took here, wall clock; one that takes more than ``timeout`` seconds (``bound``
-    says why that many) is a failure."""
+         text: Path | None, facts: dict, timeout: float, bound: str,
+         level: str = PROFILING_LEVEL) -> tuple[str | None, float]:
+    """One qnn-net-run of ``name``: the viewer's text of its profiling log, kept in ``text``
+    (None: not decoded, a warm-up), and how long the run took here, wall clock; one that takes
+    more than ``timeout`` seconds (``bound`` says why that many) is a failure."""
     out_dir = f"out-{name}-{tag}"
     runner = (f"./qnn-net-run --backend libQnnHtp.so --retrieve_context {name}.bin "
-              f"--input_list {name}.list --output_dir {out_dir} --profiling_level {PROFILING_LEVEL} "
+              f"--input_list {name}.list --output_dir {out_dir} --profiling_level {level} "
               f"--perf_profile {PERF_PROFILE} --num_inferences {inferences}")
     command = (f"cd {ws} && export LD_LIBRARY_PATH={ws} && export ADSP_LIBRARY_PATH={ws} && "
                f"sh -c 'echo $$ > pid && exec {runner}' 2>&1")
@@ -229,7 +245,7 @@ def _run(phone: Phone, sdk: QairtSdk, ws: str, name: str, tag: str, inferences: 
     phone.shell(f"rm -rf {ws}/{out_dir}", timeout=30.0)
     if text is None:
         return None, took
-    return read_log(sdk.viewer, local, text), took
+    return decode(sdk.viewer, local, text), took
 
 
 def _last(out: str) -> str:

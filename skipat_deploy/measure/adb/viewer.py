@@ -6,6 +6,12 @@ each underlined with dashes, whose lines read ``NetRun:  2952 us`` (the runner's
 ``Backend (QNN accelerator (execute) time): 2600 us``. The text has no per-inference rows: one
 run gives the average, minimum and maximum of its inferences, so a timing is built from many
 short runs (:mod:`.session`).
+
+A run with ``--profiling_level detailed`` adds, under "Execute Stats (Average)", one line per
+op between ``Backend (Accelerator (execute) time (cycles)): N cycles`` and ``Backend
+(Accelerator (execute) time): N us``: ``<node name>:OpId_<n> (cycles): <N> cycles`` (the lines
+Qualcomm's own parser in AIMET, ``convert_ops_reduction.load_profiling_cost``, reads; the node
+names are the QNN graph's, which onnxruntime-qnn takes from the ONNX nodes). Cycles, not time.
 """
 
 from __future__ import annotations
@@ -63,8 +69,46 @@ def parse(text: str) -> RunStats:
     return RunStats(found["init"], found["avg"], found["min"], found["max"], found.get("accel"))
 
 
-def read_log(viewer: Path, log: Path, text_out: Path) -> RunStats:
-    """Decode the binary profiling ``log`` with the SDK's ``viewer``; its text is kept in
+@dataclass(frozen=True)
+class OpCycles:
+    """A detailed run's average cycles per op, in the order the graph ran them."""
+
+    total: int | None  # "Accelerator (execute) time (cycles)", where printed
+    ops: tuple[tuple[str, int], ...]  # (node name, cycles)
+
+
+_OPS_START = re.compile(r"Backend \(Accelerator \(execute\) time \(cycles\)\):\s*(\d+)\s*cycles", re.I)
+_OPS_END = re.compile(r"Backend \(Accelerator \(execute\) time\)", re.I)
+_OP = re.compile(r"^\s*(.+?) \(cycles\)\s*:\s*(\d+)\s*cycles\s*$")
+
+
+def parse_ops(text: str) -> OpCycles | None:
+    """The per-op cycles of a detailed run's text (the average section); None when it has none."""
+    section, total, ops, reading = None, None, [], False
+    for line in text.splitlines():
+        m = _HEAD.match(line)
+        if m and m.group(1).lower() != "total inference time":
+            if reading:
+                break
+            section = SECTIONS.get(m.group(1).strip().lower(), "other")
+            continue
+        if section != "avg":
+            continue
+        if not reading:
+            m = _OPS_START.search(line)
+            if m:
+                total, reading = int(m.group(1)), True
+            continue
+        if _OPS_END.search(line):
+            break
+        m = _OP.match(line)
+        if m:  # "/blocks/attn/MatMul:OpId_61" -> the node name; "Input OpId_2" as it is
+            ops.append((re.sub(r":OpId_\d+$", "", m.group(1)), int(m.group(2))))
+    return OpCycles(total, tuple(ops)) if ops else None
+
+
+def decode(viewer: Path, log: Path, text_out: Path) -> str:
+    """The text of the binary profiling ``log``, decoded by the SDK's ``viewer``; also kept in
     ``text_out``."""
     try:
         p = subprocess.run([str(viewer), "--input_log", str(log)], capture_output=True, text=True,
@@ -75,4 +119,4 @@ def read_log(viewer: Path, log: Path, text_out: Path) -> RunStats:
     if p.returncode != 0:
         last = next((ln.strip() for ln in reversed((p.stdout + p.stderr).splitlines()) if ln.strip()), "")
         raise UserError(f"{viewer} could not read {log.name} (exit {p.returncode}): {last}")
-    return parse(p.stdout)
+    return p.stdout
