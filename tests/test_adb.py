@@ -348,3 +348,24 @@ def test_each_op_is_given_the_part_of_the_network_it_ran_in():
         "other", "other", "attention", "attention", "attention", "attention", "attention",
         "mlp", "mlp", "mlp", "mlp", "phi", "phi", "other", "phi", "other", "mlp", "mlp", "mlp",
         "other", "other"]
+
+
+def test_every_inference_is_timed_where_the_viewer_writes_the_events(tmp_path, phone, qdq_s22):  # noqa: F811
+    """A viewer that writes the log's events as CSV gives each inference's execute time: the
+    median, quartiles and minimum are then over all of them, computed here by hand."""
+    per_run = [[9000, 9000, 9000],  # the warm-up, not counted
+               [5000, 5100, 5200], [4900, 5050, 5300], [5000, 5000, 5100], [5400, 4950, 5050]]
+    phone.set(default_runs=_runs(VIT), per_inference={"model": per_run})
+    res = runner.invoke(app, ["profile", "--backend", "adb", "--model", str(qdq_s22), "--qairt-sdk",
+                              str(phone.sdk), "--rounds", "4", "--inferences", "3",
+                              "--out", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    figures = {m["name"]: m["value"] for m in doc["measurements"]}
+    # the 12 timed inferences sorted: 4900 4950 5000 5000 5000 5050 5050 5100 5100 5200 5300 5400
+    assert figures["phone_latency_median"] == pytest.approx(5.05)
+    assert figures["phone_latency_min"] == pytest.approx(4.9)
+    (result,) = doc["results"]
+    model = result["phone"]["models"]["model"]
+    assert model["per_inference"] and model["iqr_ms"] == pytest.approx([5.0, 5.125])
+    assert "all 12 inferences per model" in result["phone"]["statistic"]

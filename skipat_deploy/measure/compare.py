@@ -241,7 +241,7 @@ def adb_rows(binaries: dict[tuple[str, int], Path], inputs: dict[tuple[str, int]
                                cfg.rounds, cfg.inferences, step)
     notices.extend(timing.notices)
     where = (f"{timing.where} ({precision}, QAIRT {target.sdk.version}, {timing.perf_profile}; "
-             f"median of {cfg.rounds} rounds of {cfg.inferences} inferences)")
+             f"{cfg.rounds} rounds of {cfg.inferences} inferences)")
     rows = []
     for (fam, res), name in names.items():
         m = timing.models[name]
@@ -254,9 +254,9 @@ def adb_rows(binaries: dict[tuple[str, int], Path], inputs: dict[tuple[str, int]
             measured_on=where, ratio_ci=(own.low, own.high), ratio_pairs=own.pairs,
             iqr_ms=m.iqr_ms, min_ms=m.min_ms, first_load_ms=m.first_load_ms,
             cycle_shares=None if m.cycles is None else m.cycles.shares))
-    notices.append(f"measured on {timing.where}: the median, quartiles and SkipAt/ViT interval are "
-                   f"over the {cfg.rounds} rounds' means (the profiling log gives each run's mean, "
-                   "min and max, not every inference); first load is the median context load time")
+    notices.append(f"measured on {timing.where}: the median and quartiles are over {timing.statistic}; "
+                   f"SkipAt/ViT is the median of the {cfg.rounds} rounds' paired ratios with its 95 % "
+                   "interval; first load is the median context load time")
     return rows, timing
 
 

@@ -4,7 +4,10 @@
 The runner reads ``FAKE_ADB_SCENARIO``'s ``runs``: for binary ``<name>.bin``, its k-th run (k = 0
 is the warm-up) takes ``runs[name][k]`` = [init_us, mean_us, min_us, max_us] (the last entry
 again past the end) and writes them as its "profiling log"; with ``--profiling_level detailed``
-the log also names ``ops[name]``, a CSV of (event identifier, cycles) of one execution. ``fail`` = {"text", "rc", "run"}
+the log also names ``ops[name]``, a CSV of (event identifier, cycles) of one execution. The
+viewer writes ``--output X.csv`` (the log's events, one row each) only where the scenario has
+``per_inference[name][k]``, run k's times (us); otherwise it refuses the option, as a viewer that
+writes no CSV would. ``fail`` = {"text", "rc", "run"}
 makes the run numbered ``run`` (counting every binary's runs) print ``text`` and exit ``rc``;
 ``hang`` = that run sleeps (a real process, for Ctrl-C). The viewer prints the log in
 ``qnn-profile-viewer``'s text format (sections underlined with dashes, ``NetRun:  N us``).
@@ -48,7 +51,10 @@ def net_run(args: list[str]) -> int:
     (out / "Result_0").mkdir(parents=True)
     (out / "Result_0" / "output.raw").write_bytes(b"\0" * 16)
     ops = sc.get("ops", {}).get(name) if opts.get("--profiling_level") == "detailed" else None
-    (out / "qnn-profiling-data_0.log").write_bytes(MAGIC + json.dumps([init, mean, lo, hi, ops]).encode())
+    times = sc.get("per_inference", {}).get(name)
+    times = times[min(k, len(times) - 1)] if times else None
+    (out / "qnn-profiling-data_0.log").write_bytes(
+        MAGIC + json.dumps([init, mean, lo, hi, ops, times]).encode())
     return 0
 
 
@@ -58,7 +64,19 @@ def viewer(args: list[str]) -> int:
     if not data.startswith(MAGIC):
         print("ERROR: failed to read profiling log", file=sys.stderr)
         return 1
-    init, mean, lo, hi, ops = json.loads(data[len(MAGIC):])
+    init, mean, lo, hi, ops, times = json.loads(data[len(MAGIC):])
+    if "--output" in args:
+        if times is None:
+            print("qnn-profile-viewer: unrecognized option --output", file=sys.stderr)
+            return 1
+        with open(args[args.index("--output") + 1], "w") as f:  # onnxruntime-qnn's layout
+            f.write("Msg Timestamp,Message,Time,Unit of Measurement,Timing Source,Event Level,Event Identifier\n")
+            f.write(f"0,INIT,{init},US,BACKEND,ROOT,QNN (init) time\n")
+            for t in times:
+                f.write("0,BACKEND,4,COUNT,BACKEND,ROOT,Number of HVX threads used\n")
+                f.write(f"0,BACKEND,{int(t * 0.9)},US,BACKEND,ROOT,Accelerator (execute) time\n")
+                f.write(f"0,EXECUTE,{t},US,BACKEND,ROOT,QNN (execute) time\n")
+        return 0
     dash = "-" * 24
     cycles = ""
     if ops:  # the detailed level: per-op lines after the total cycles (the Average section)

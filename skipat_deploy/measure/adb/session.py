@@ -7,10 +7,12 @@ Ctrl-C / SIGTERM (the runner still going is killed first: its pid is kept in the
 Each model is run once to warm up, then in ``rounds``; in each round every model runs
 ``inferences`` inferences at the ``burst`` performance profile with basic profiling, the models
 in turn, forward in even rounds and backward in odd ones, so thermal drift falls on all of them
-alike and a ratio of two models is a ratio of back-to-back runs. The viewer gives a run's mean,
-min and max per inference (:mod:`.viewer`), so a model's figures are the median and quartiles
-of its round means, the minimum over every inference, and the median context load ("Init")
-time: first load. A paired ratio (SkipAt / ViT) is the median of the per-round ratios with its
+alike and a ratio of two models is a ratio of back-to-back runs. Where the SDK's viewer writes
+the log's events as CSV, every inference's execute time is read (:func:`.viewer.execute_times`)
+and a model's figures are the median, quartiles and minimum over all its inferences; otherwise
+the viewer's text gives each run's mean, min and max, and they are the median and quartiles of
+the round means and the minimum inference. First load is the median context load ("Init")
+time. A paired ratio (SkipAt / ViT) is the median of the per-round ratios with its
 95 % interval (:func:`skipat_deploy.measure.latency.ratio_interval`). Last, one run per model
 at ``--profiling_level detailed`` gives its cycles per op (:mod:`.ops`): shares of cycles, kept
 apart from the timing (detailed profiling slows a run down).
@@ -32,7 +34,7 @@ from ..latency import Ratio, ratio_interval
 from .phone import Phone, PhoneError, PhoneTimeout
 from .sdk import QairtSdk
 from .ops import CycleShares, cycle_shares
-from .viewer import RunStats, decode, parse, parse_ops
+from .viewer import RunStats, decode, execute_times, parse, parse_ops
 
 WORKSPACE_ROOT = "/data/local/tmp"
 # A run that does not finish is a hung DSP or a phone gone quiet, not a slow model: the first run
@@ -74,22 +76,41 @@ class ModelTiming:
     binary: str
     inferences: int  # per round
     rounds: list[RunStats] = field(default_factory=list)
+    # per round: each inference's execute time (us), where the viewer's CSV gives them
+    inference_us: list[list[float] | None] = field(default_factory=list)
     cycles: CycleShares | None = None  # the detailed run's cycles per part
 
+    @property
+    def per_inference(self) -> bool:
+        """Every round's inferences are known one by one."""
+        return bool(self.inference_us) and all(
+            t is not None and len(t) == self.inferences for t in self.inference_us)
+
     def means_ms(self) -> np.ndarray:
+        """Each round's mean per inference."""
+        if self.per_inference:
+            return np.array([np.mean(t) for t in self.inference_us]) / 1e3
         return np.array([r.mean_us for r in self.rounds]) / 1e3
+
+    def samples_ms(self) -> np.ndarray:
+        """What the median and quartiles are of: every inference, or else every round's mean."""
+        if self.per_inference:
+            return np.concatenate(self.inference_us) / 1e3
+        return self.means_ms()
 
     @property
     def median_ms(self) -> float:
-        return float(np.median(self.means_ms()))
+        return float(np.median(self.samples_ms()))
 
     @property
     def iqr_ms(self) -> tuple[float, float]:
-        q1, q3 = np.percentile(self.means_ms(), [25, 75])
+        q1, q3 = np.percentile(self.samples_ms(), [25, 75])
         return float(q1), float(q3)
 
     @property
     def min_ms(self) -> float:
+        if self.per_inference:
+            return float(self.samples_ms().min())
         return min(r.min_us for r in self.rounds) / 1e3
 
     @property
@@ -98,6 +119,7 @@ class ModelTiming:
 
     def to_json(self) -> dict:
         return dict(name=self.name, binary=self.binary, inferences_per_round=self.inferences,
+                    per_inference=self.per_inference, inference_us=self.inference_us,
                     median_ms=self.median_ms, iqr_ms=self.iqr_ms, min_ms=self.min_ms,
                     first_load_ms=self.first_load_ms, rounds=[asdict(r) for r in self.rounds],
                     cycles=None if self.cycles is None else self.cycles.to_json())
@@ -121,13 +143,26 @@ class PhoneTiming:
     def where(self) -> str:
         return f"{self.phone['model']} ({self.phone['soc']}) over adb"
 
+    @property
+    def per_inference(self) -> bool:
+        return all(m.per_inference for m in self.models.values())
+
+    @property
+    def statistic(self) -> str:
+        """What the medians and quartiles are of."""
+        if self.per_inference:
+            return (f"all {self.rounds * self.inferences} inferences per model (each one's "
+                    "\"QNN (execute) time\" event in the profiling log)")
+        return (f"the {self.rounds} rounds' means (qnn-net-run's NetRun; the viewer gave each "
+                "run's mean, min and max, not every inference)")
+
     def ratio(self, numerator: str, denominator: str) -> Ratio:
         """``numerator`` / ``denominator`` from the same rounds: median and 95 % interval."""
         times = np.stack([self.models[denominator].means_ms(), self.models[numerator].means_ms()], 1)
         return ratio_interval(times, 1, 0)
 
     def to_json(self) -> dict:
-        return dict(measured_on=self.where, phone=self.phone, sdk=self.sdk,
+        return dict(measured_on=self.where, statistic=self.statistic, phone=self.phone, sdk=self.sdk,
                     qnn_built_with=self.qnn_built_with, perf_profile=self.perf_profile,
                     profiling_level=PROFILING_LEVEL, rounds=self.rounds,
                     inferences_per_round=self.inferences,
@@ -175,7 +210,7 @@ def time_on_phone(phone: Phone, sdk: QairtSdk, binaries: dict[str, Path], inputs
             step(f"warming up: each model once, {inferences} inferences ({PERF_PROFILE})")
             limit = {}  # per model: how long a timed run may take
             for name in names:
-                took = _run(phone, sdk, ws, name, "warmup", inferences, Path(tmp), None, facts,
+                took = _run(phone, sdk, ws, name, "warmup", inferences, Path(tmp), facts,
                             WARMUP_TIMEOUT_S, "the bound for a first run, context load included")[1]
                 limit[name] = (max(RUN_TIMEOUT_FLOOR_S, RUN_TIMEOUT_FACTOR * took),
                                f"{RUN_TIMEOUT_FACTOR:.0f}x its warm-up run's {took:.1f} s")
@@ -184,14 +219,17 @@ def time_on_phone(phone: Phone, sdk: QairtSdk, binaries: dict[str, Path], inputs
                 step(f"round {r + 1}/{rounds} on {phone.model}: {', '.join(order)}")
                 for name in order:
                     text = logs_dir / f"{name}.round{r + 1}.txt"
-                    timing.models[name].rounds.append(parse(
-                        _run(phone, sdk, ws, name, f"r{r + 1}", inferences, Path(tmp), text, facts,
-                             *limit[name])[0]))
+                    log = _run(phone, sdk, ws, name, f"r{r + 1}", inferences, Path(tmp), facts,
+                               *limit[name])[0]
+                    timing.models[name].rounds.append(parse(decode(sdk.viewer, log, text)))
+                    timing.models[name].inference_us.append(
+                        execute_times(sdk.viewer, log, text.with_suffix(".csv")))
             step("one detailed profiling run per model: its cycles per op")
             for name in names:
                 text = logs_dir / f"{name}.detailed.txt"
-                ops = parse_ops(_run(phone, sdk, ws, name, "detailed", inferences, Path(tmp), text,
-                                     facts, *limit[name], level="detailed")[0])
+                log = _run(phone, sdk, ws, name, "detailed", inferences, Path(tmp), facts,
+                           *limit[name], level="detailed")[0]
+                ops = parse_ops(decode(sdk.viewer, log, text))
                 if ops is None:
                     timing.notices.append(f"{name}: the detailed profiling run printed no per-op "
                                           f"cycles ({text.name}): no breakdown by part")
@@ -208,11 +246,10 @@ def time_on_phone(phone: Phone, sdk: QairtSdk, binaries: dict[str, Path], inputs
 
 
 def _run(phone: Phone, sdk: QairtSdk, ws: str, name: str, tag: str, inferences: int, tmp: Path,
-         text: Path | None, facts: dict, timeout: float, bound: str,
-         level: str = PROFILING_LEVEL) -> tuple[str | None, float]:
-    """One qnn-net-run of ``name``: the viewer's text of its profiling log, kept in ``text``
-    (None: not decoded, a warm-up), and how long the run took here, wall clock; one that takes
-    more than ``timeout`` seconds (``bound`` says why that many) is a failure."""
+         facts: dict, timeout: float, bound: str, level: str = PROFILING_LEVEL) -> tuple[Path, float]:
+    """One qnn-net-run of ``name``: its profiling log, pulled into ``tmp``, and how long the run
+    took here, wall clock; one that takes more than ``timeout`` seconds (``bound`` says why
+    that many) is a failure."""
     out_dir = f"out-{name}-{tag}"
     runner = (f"./qnn-net-run --backend libQnnHtp.so --retrieve_context {name}.bin "
               f"--input_list {name}.list --output_dir {out_dir} --profiling_level {level} "
@@ -243,9 +280,7 @@ def _run(phone: Phone, sdk: QairtSdk, ws: str, name: str, tag: str, inferences: 
     local = tmp / f"{name}-{tag}.log"
     phone.pull(f"{ws}/{out_dir}/{logs[0]}", local)
     phone.shell(f"rm -rf {ws}/{out_dir}", timeout=30.0)
-    if text is None:
-        return None, took
-    return decode(sdk.viewer, local, text), took
+    return local, took
 
 
 def _last(out: str) -> str:

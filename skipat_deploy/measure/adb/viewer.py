@@ -12,10 +12,17 @@ op between ``Backend (Accelerator (execute) time (cycles)): N cycles`` and ``Bac
 (Accelerator (execute) time): N us``: ``<node name>:OpId_<n> (cycles): <N> cycles`` (the lines
 Qualcomm's own parser in AIMET, ``convert_ops_reduction.load_profiling_cost``, reads; the node
 names are the QNN graph's, which onnxruntime-qnn takes from the ONNX nodes). Cycles, not time.
+
+Per-inference times are not in the text. ``--output X.csv`` writes the log's events, one row
+each (header ``Msg Timestamp,Message,Time,Unit of Measurement,Timing Source,Event Level,Event
+Identifier``, the format onnxruntime-qnn writes and says is the viewer's), so each inference's
+root ``EXECUTE`` event, "QNN (execute) time" in microseconds, is read from there where the
+viewer writes it (:func:`execute_times`).
 """
 
 from __future__ import annotations
 
+import csv
 import re
 import subprocess
 from dataclasses import dataclass
@@ -120,3 +127,33 @@ def decode(viewer: Path, log: Path, text_out: Path) -> str:
         last = next((ln.strip() for ln in reversed((p.stdout + p.stderr).splitlines()) if ln.strip()), "")
         raise UserError(f"{viewer} could not read {log.name} (exit {p.returncode}): {last}")
     return p.stdout
+
+
+CSV_COLUMNS = ("Message", "Time", "Unit of Measurement", "Event Level")
+
+
+def execute_times(viewer: Path, log: Path, csv_out: Path) -> list[float] | None:
+    """Each inference's execute time (us) in the profiling ``log``: its root EXECUTE events, from
+    the CSV the ``viewer`` writes into ``csv_out``; None where it writes none or no such event
+    (the text's mean, min and max are then all there is)."""
+    try:
+        p = subprocess.run([str(viewer), "--input_log", str(log), "--output", str(csv_out)],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None
+    if p.returncode != 0 or not csv_out.is_file():
+        return None
+    with open(csv_out, newline="", errors="replace") as f:
+        rows = csv.DictReader(f)
+        if not set(CSV_COLUMNS) <= {c.strip() for c in rows.fieldnames or ()}:
+            return None
+        times = []
+        for row in rows:
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            if (row["Message"] == "EXECUTE" and row["Event Level"] == "ROOT"
+                    and row["Unit of Measurement"].upper() == "US"):
+                try:
+                    times.append(float(row["Time"]))
+                except ValueError:
+                    return None
+    return times or None
