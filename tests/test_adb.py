@@ -369,3 +369,16 @@ def test_every_inference_is_timed_where_the_viewer_writes_the_events(tmp_path, p
     model = result["phone"]["models"]["model"]
     assert model["per_inference"] and model["iqr_ms"] == pytest.approx([5.0, 5.125])
     assert "all 12 inferences per model" in result["phone"]["statistic"]
+
+
+def test_auto_says_in_one_line_which_it_took(phone, fake_hub, monkeypatch):  # noqa: F811
+    """adb first, AI Hub next, the CPU last: each choice named in one notice."""
+    from skipat_deploy.measure.compare import resolve_backend
+
+    notices = []
+    assert resolve_backend("auto", notices) == "hub"  # AI Hub configured, no SDK set
+    assert notices == ["--backend auto: timing on the phone through AI Hub (configured); no phone "
+                       "over adb with a QAIRT SDK set"]
+    monkeypatch.setenv("QAIRT_SDK_ROOT", str(phone.sdk))
+    notices = []
+    assert resolve_backend("auto", notices) == "adb" and len(notices) == 1

@@ -245,7 +245,7 @@ QUANTIZING_COMMANDS = ("quantize", "compile", "profile", "compare", "evaluate", 
 OWN_MEANING = {
     "--resolution": "one size (the model made) or, repeatable, a model per size",
     "--device": "one target, or repeatable in bundle (a binary per device)",
-    "--backend": "compile's compiler (local | hub) or where a latency is measured (auto | hub | cpu)",
+    "--backend": "compile's compiler (local | hub) or where a latency is measured (auto | adb | hub | cpu)",
     "--eval": "quantize's held-out photos or compare's labelled dataset",
     "--npu-samples": "how many samples run through the NPU: reported (quantize), gated (compile), scored (evaluate)",
     "--num-samples": "evaluate's subset of a dataset or inspect's samples",

@@ -133,6 +133,8 @@ def resolve_backend(backend: str, notices: list[str], serial: str | None = None,
         return "adb"
     try:
         hub_mod.client_config()
+        notices.append("--backend auto: timing on the phone through AI Hub (configured); no phone "
+                       "over adb with a QAIRT SDK set")
         return "hub"
     except hub_mod.HubNotConfigured:
         notices.append("AI Hub is not configured: measuring on this machine's CPU (ONNX Runtime) "
