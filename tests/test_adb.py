@@ -209,6 +209,8 @@ RUNTIME = {
                 "would not execute qnn-net-run"),
     "lost": (dict(lose_on="--retrieve_context"), "lost the phone R5CT21ABCDE while running a command: adb: device offline"),
     "full": (dict(push_error="No space left on device"), "could not push qnn-net-run to the phone R5CT21ABCDE"),
+    "missing library": (dict(fail={"text": 'CANNOT LINK EXECUTABLE "./qnn-net-run": library "libc++_shared.so" not found',
+                                   "rc": 1, "run": 1}), "a library it needs is missing (QAIRT SDK 2.51.0.251020)"),
 }
 
 
@@ -382,3 +384,15 @@ def test_auto_says_in_one_line_which_it_took(phone, fake_hub, monkeypatch):  # n
     monkeypatch.setenv("QAIRT_SDK_ROOT", str(phone.sdk))
     notices = []
     assert resolve_backend("auto", notices) == "adb" and len(notices) == 1
+
+
+def test_the_sdk_pushes_its_optional_libraries_only_where_it_has_them(tmp_path):
+    from skipat_deploy.measure.adb import find_sdk
+
+    root = fake_sdk(tmp_path / "qairt")
+    bare = {p.name for p in find_sdk(root, "v69", "2.51.0").pushed()}
+    assert bare == {"qnn-net-run", "libQnnHtp.so", "libQnnSystem.so", "libQnnHtpV69Stub.so", "libQnnHtpV69Skel.so"}
+    (root / "lib" / "aarch64-android" / "libc++_shared.so").write_text("")
+    sdk = find_sdk(root, "v69", "2.51.0")
+    assert {p.name for p in sdk.pushed()} == bare | {"libc++_shared.so"}
+    assert sdk.skel.name == "libQnnHtpV69Skel.so"

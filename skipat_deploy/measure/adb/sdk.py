@@ -3,7 +3,8 @@
 Pushed to the phone (Hexagon ``vNN``): ``bin/aarch64-android/qnn-net-run`` and, from
 ``lib/aarch64-android/``, ``libQnnHtp.so``, ``libQnnSystem.so``, ``libQnnHtpVNNStub.so``, with
 the DSP side ``lib/hexagon-vNN/unsigned/libQnnHtpVNNSkel.so`` (the files ExecuTorch's Qualcomm
-backend and Qualcomm's own examples push). Run here: ``bin/x86_64-linux-clang/qnn-profile-viewer``,
+backend and Qualcomm's own examples push), and where the SDK has them ``libQnnHtpPrepare.so``
+(ExecuTorch pushes it too) and ``libc++_shared.so``. Run here: ``bin/x86_64-linux-clang/qnn-profile-viewer``,
 which decodes the phone's binary profiling log. The SDK's version is ``sdk.yaml``'s ``version``.
 
 A context binary loads only on a QNN runtime at least as new as the one that built it (older
@@ -23,6 +24,7 @@ from ...core.errors import UserError
 SDK_ENV = ("QAIRT_SDK_ROOT", "QNN_SDK_ROOT")
 HOST = "x86_64-linux-clang"
 TARGET = "aarch64-android"
+OPTIONAL = ("libQnnHtpPrepare.so", "libc++_shared.so")  # pushed where the SDK has them
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,9 @@ class QairtSdk:
     version: str  # e.g. 2.51.0.251020
     hexagon: str  # the phone's, e.g. v69
     runner: Path  # qnn-net-run for the phone
-    libs: tuple[Path, ...]  # pushed beside it: backend, system, stub, skel
+    libs: tuple[Path, ...]  # pushed beside it: backend, system, stub, skel, the optional ones
     viewer: Path  # qnn-profile-viewer for this machine
+    skel: Path  # the DSP side, named when the phone will not load it
 
     def pushed(self) -> list[Path]:
         return [self.runner, *self.libs]
@@ -92,7 +95,9 @@ def find_sdk(given: str | Path | None, hexagon: str, built_with: str) -> QairtSd
                         "compiles the context binary here (onnxruntime-qnn): the phone would not "
                         f"load it (err 5000); install QAIRT {_at_least(built_with)} or newer")
     *libs, viewer = list(wanted.values())[1:]
-    return QairtSdk(root, version, hexagon, wanted["the phone's runner"], tuple(libs), viewer)
+    libs += [p for p in (root / "lib" / TARGET / name for name in OPTIONAL) if p.is_file()]
+    return QairtSdk(root, version, hexagon, wanted["the phone's runner"], tuple(libs), viewer,
+                    wanted[f"the Hexagon {hexagon} skel"])
 
 
 def _at_least(version: str) -> str:

@@ -62,6 +62,8 @@ PHONE_ERRORS = (
      "the phone would not load the context binary {binary}: the QAIRT runtime pushed ({version}) "
      "must be at least as new as the QNN that built it ({built}), and the binary must be for this "
      "phone's SoC"),
+    (r"CANNOT LINK EXECUTABLE|library \"[^\"]+\" not found",
+     "the phone could not start qnn-net-run: a library it needs is missing (QAIRT SDK {version})"),
     (r"graph requires estimated allocation of \d+ KB, limit is \d+ KB",
      "the model needs more HTP memory than this phone allows"),
     (r"SSR detected|NPU crashed", "the phone's NPU crashed running {binary} (subsystem restart)"),
@@ -179,7 +181,7 @@ def time_on_phone(phone: Phone, sdk: QairtSdk, binaries: dict[str, Path], inputs
     if rounds < 1 or inferences < 1:
         raise ValueError("rounds and inferences must be at least 1")
     ws = f"{WORKSPACE_ROOT}/skipat-deploy-{secrets.token_hex(4)}"
-    facts = dict(ws=ws, version=sdk.version, built=built_with, skel=sdk.libs[-1].name, binary="")
+    facts = dict(ws=ws, version=sdk.version, built=built_with, skel=sdk.skel.name, binary="")
     timing = PhoneTiming(dict(model=phone.model, soc=phone.soc, android=phone.android,
                               build=phone.build, serial=phone.serial, device=phone.device.name),
                          sdk.to_json(), built_with,
