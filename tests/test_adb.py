@@ -244,15 +244,14 @@ def test_a_failure_on_the_phone_leaves_out_as_it_was(tmp_path, s22):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_on_the_phone_stops_the_runner_and_removes_the_workspace(tmp_path, s22, sig):
+def test_a_signal_on_the_phone_stops_the_runner_and_removes_the_workspace(tmp_path, s22, qdq_s22, sig):
     """The real clock and a real process: Ctrl-C / SIGTERM while qnn-net-run runs on the (fake)
-    phone."""
-    s22.set(hang=3)  # the first timed run
+    phone (one model: the session is the same for one or four)."""
+    s22.set(hang=2)  # run 1: the warm-up; 2: the first timed run
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", "from skipat_deploy.cli import main; main()", "compare",
-           "--backend", "adb", "--vit", str(s22.nano["vit_nano_patch16"]), "--skipat",
-           str(s22.nano["skipat_nano_patch16"]), "--resolution", "112", "--quant-backend", "ort",
-           "--qairt-sdk", str(s22.sdk), "--rounds", "2", "--inferences", "2", "--out", str(out)]
+    cmd = [sys.executable, "-c", "from skipat_deploy.cli import main; main()", "profile",
+           "--backend", "adb", "--model", str(qdq_s22), "--qairt-sdk", str(s22.sdk),
+           "--rounds", "2", "--inferences", "2", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=default_signals, env=dict(os.environ))
     hanging = s22.dir / "phone" / "hanging"

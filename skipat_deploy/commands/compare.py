@@ -105,21 +105,7 @@ def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path, cfg: cmp.Co
                                                               replace(qcfg, resolution=res), step))
                       for res in cfg.resolutions for fam in cmp.FAMILIES}
             rows = cmp.cpu_rows(models, archs, cfg, device, step, notices)
-        elif backend == "adb":
-            qdq, binaries, inputs = {}, {}, {}
-            for res in cfg.resolutions:
-                for fam in cmp.FAMILIES:
-                    q = quantize(ckpts[fam], out_dir, replace(qcfg, resolution=res), step, latency=latency)
-                    notices.extend(n for n in q.notices if n not in notices)
-                    c = compile_local(q.qdq_onnx, out_dir, CompileConfig(device=cfg.device), step)
-                    notices.extend(n for n in c.notices if n not in notices)
-                    made += [*q.files().items(), *c.files().items()]
-                    qdq[(fam, res)], binaries[(fam, res)] = q.qdq_onnx, c.artifacts["context_binary"]
-                    inputs[(fam, res)] = adb.write_input(q.qdq_onnx, tmp / f"{fam}_{res}.raw")
-            rows, timing = cmp.adb_rows(binaries, inputs, archs, stage.path("compare.adb"), cfg,
-                                        qcfg.precision, target, device, step, notices)
-            phone = timing.to_json()
-        else:
+        else:  # the NPU's QDQ models, timed on the phone through AI Hub or over adb
             qdq = {}
             for res in cfg.resolutions:
                 for fam in cmp.FAMILIES:
@@ -127,7 +113,19 @@ def compare(ckpts: dict[str, LoadedCheckpoint], out_dir: str | Path, cfg: cmp.Co
                     notices.extend(n for n in q.notices if n not in notices)
                     qdq[(fam, res)] = q.qdq_onnx
                     made += q.files().items()
-            rows = cmp.hub_rows(qdq, archs, out_dir, cfg, qcfg.precision, device, step, notices, made)
+            if backend == "hub":
+                rows = cmp.hub_rows(qdq, archs, out_dir, cfg, qcfg.precision, device, step, notices, made)
+            else:  # compiled here, as `compile --backend local` does (its NPU gate included)
+                binaries, inputs = {}, {}
+                for (fam, res), model in qdq.items():
+                    c = compile_local(model, out_dir, CompileConfig(device=cfg.device), step)
+                    notices.extend(n for n in c.notices if n not in notices)
+                    made += c.files().items()
+                    binaries[(fam, res)] = c.artifacts["context_binary"]
+                    inputs[(fam, res)] = adb.write_input(model, tmp / f"{fam}_{res}.raw")
+                rows, timing = cmp.adb_rows(binaries, inputs, archs, stage.path("compare.adb"), cfg,
+                                            qcfg.precision, target, device, step, notices)
+                phone = timing.to_json()
         if eval_data is not None:
             subset = stratified_subset(eval_data, cfg.eval_samples)
             scores = _float_and_int8_top1(ckpts, models if backend == "cpu" else

@@ -18,11 +18,11 @@ from .onnx_export import (
     output_name,
 )
 from .artifact import METADATA_KEY, ModelArtifact, read_metadata, read_model
-from .samples import sample_inputs
+from .samples import OneSample, one_sample, sample_inputs
 from .validate import cpu_session, run_qdq_cpu, validate_onnx
 
 __all__ = [
     "DEFAULT_RESOLUTION", "DEFAULT_RESOLUTIONS", "INPUT_NAME", "METADATA_KEY", "ExportConfig", "ExportResult",
     "artifact_name", "check_resolution", "cpu_session", "export_onnx",
-    "output_name", "read_metadata", "read_model", "ModelArtifact", "run_qdq_cpu", "sample_inputs", "validate_onnx",
+    "output_name", "read_metadata", "read_model", "ModelArtifact", "run_qdq_cpu", "OneSample", "one_sample", "sample_inputs", "validate_onnx",
 ]

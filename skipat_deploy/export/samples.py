@@ -4,6 +4,7 @@ output check and anything else that compares two runs of one model feed it these
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,3 +28,26 @@ def sample_inputs(model: Path, count: int, shape: tuple) -> tuple[np.ndarray, st
     rng = np.random.default_rng(0)
     x = rng.standard_normal((count, *shape)).astype(np.float32)
     return x, f"{count} seeded noise inputs (no skipat-deploy metadata)", classifier
+
+
+@dataclass(frozen=True)
+class OneSample:
+    """One input for a model's first graph input, of its static shape, with the names a
+    runner on a phone feeds and reads."""
+
+    input_name: str
+    output_name: str
+    x: np.ndarray
+    classifier: bool
+
+
+def one_sample(model: Path) -> OneSample:
+    """A sample (:func:`sample_inputs`) for ``model``'s first input, its shape read from the
+    graph (a dynamic dimension as 1)."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    inp = graph.input[0]
+    shape = tuple(d.dim_value or 1 for d in inp.type.tensor_type.shape.dim)
+    x, _, classifier = sample_inputs(model, 1, shape)
+    return OneSample(inp.name, graph.output[0].name, x[0], classifier)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.errors import UserError
-from ..export import run_qdq_cpu, sample_inputs
+from ..export import one_sample, run_qdq_cpu
 from ..npu import hub as hub_mod
 from ..devices import device_option
 from ..export import DEFAULT_RESOLUTION
@@ -65,15 +65,10 @@ def profile_hub(model: str | Path, out_dir: str | Path, cfg: CompileConfig = Com
 def submit_device_profile(client, compiled_sub, model: Path, out_dir: Path, device, step):
     """Submit the profiling job with one real photo as input; the local QDQ model's output on
     the same photo is the reference the phone's output is compared with."""
-    import onnx
-
-    graph = onnx.load(str(model), load_external_data=False).graph
-    inp = graph.input[0]
-    shape = tuple(d.dim_value or 1 for d in inp.type.tensor_type.shape.dim)
-    x, _, classifier = sample_inputs(model, 1, shape)
-    reference = {graph.output[0].name: run_qdq_cpu(model, x[0])}
-    sub = hub_mod.submit_profile(client, compiled_sub, model, out_dir, device, {inp.name: x[0]}, step)
-    return sub, reference, classifier
+    s = one_sample(model)
+    reference = {s.output_name: run_qdq_cpu(model, s.x)}
+    sub = hub_mod.submit_profile(client, compiled_sub, model, out_dir, device, {s.input_name: s.x}, step)
+    return sub, reference, s.classifier
 
 
 @dataclass

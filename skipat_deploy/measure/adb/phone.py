@@ -114,11 +114,11 @@ def find_phone(serial: str | None, device: DeviceProfile | None) -> Phone:
     """The phone to time on (``serial``, or the only one attached), usable and, where
     ``device`` is given, of that device's SoC; otherwise one line saying what to do."""
     adb = _adb_exe()
-    rows = attached(adb)
+    rows = every = attached(adb)
     if serial is not None:
-        rows = [r for r in rows if r[0] == serial]
+        rows = [r for r in every if r[0] == serial]
         if not rows:
-            listed = ", ".join(s for s, _ in attached(adb)) or "none"
+            listed = ", ".join(s for s, _ in every) or "none"
             raise UserError(f"no phone with serial {serial} is attached (adb sees: {listed})")
     if not rows:
         raise UserError(f"no phone attached: {USB_HINT}, then check `adb devices`")

@@ -216,6 +216,7 @@ def time_on_phone(phone: Phone, sdk: QairtSdk, binaries: dict[str, Path], inputs
                             WARMUP_TIMEOUT_S, "the bound for a first run, context load included")[1]
                 limit[name] = (max(RUN_TIMEOUT_FLOOR_S, RUN_TIMEOUT_FACTOR * took),
                                f"{RUN_TIMEOUT_FACTOR:.0f}x its warm-up run's {took:.1f} s")
+            events = True  # asked of the viewer until it writes none: then the text is all there is
             for r in range(rounds):
                 order = names if r % 2 == 0 else names[::-1]
                 step(f"round {r + 1}/{rounds} on {phone.model}: {', '.join(order)}")
@@ -224,8 +225,9 @@ def time_on_phone(phone: Phone, sdk: QairtSdk, binaries: dict[str, Path], inputs
                     log = _run(phone, sdk, ws, name, f"r{r + 1}", inferences, Path(tmp), facts,
                                *limit[name])[0]
                     timing.models[name].rounds.append(parse(decode(sdk.viewer, log, text)))
-                    timing.models[name].inference_us.append(
-                        execute_times(sdk.viewer, log, text.with_suffix(".csv")))
+                    times = execute_times(sdk.viewer, log, text.with_suffix(".csv")) if events else None
+                    timing.models[name].inference_us.append(times)
+                    events = times is not None
             step("one detailed profiling run per model: its cycles per op")
             for name in names:
                 text = logs_dir / f"{name}.detailed.txt"
@@ -299,12 +301,7 @@ def write_input(model: Path, raw: Path) -> Path:
     """One input of ``model`` (a real photo, pre-processed as its metadata says; seeded noise
     without metadata) as the float32 raw file qnn-net-run reads: latency does not depend on
     it, but the runner needs the tensor the graph takes."""
-    import onnx
+    from ...export import one_sample
 
-    from ...export import sample_inputs
-
-    inp = onnx.load(str(model), load_external_data=False).graph.input[0]
-    shape = tuple(d.dim_value or 1 for d in inp.type.tensor_type.shape.dim)
-    x, _, _ = sample_inputs(model, 1, shape)
-    np.ascontiguousarray(x[0], dtype=np.float32).tofile(raw)
+    np.ascontiguousarray(one_sample(model).x, dtype=np.float32).tofile(raw)
     return raw
